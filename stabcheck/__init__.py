@@ -1,0 +1,17 @@
+"""stabcheck: find the numerical-stability bugs that turn a training loss into NaN.
+
+`import stabcheck` stays cheap and imports no framework: the runtime trap is
+loaded on first use of `stabcheck.trap`.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "trap"]
+
+
+def __getattr__(name):
+    if name == "trap":
+        from stabcheck.runtime.api import trap
+
+        return trap
+    raise AttributeError(f"module 'stabcheck' has no attribute {name!r}")

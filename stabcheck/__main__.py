@@ -1,0 +1,5 @@
+import sys
+
+from stabcheck.cli import main
+
+sys.exit(main())

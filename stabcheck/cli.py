@@ -1,0 +1,83 @@
+"""Command line: `stabcheck check | explain | rules | run`.
+
+Exit codes follow ruff: 0 clean, 1 findings, 2 usage, configuration or
+internal error. `run` hands its whole argument list to the runtime trap so
+that the user's script flags are never parsed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from stabcheck import __version__
+
+EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 already; keep its message short
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"stabcheck: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="stabcheck",
+        description="Find the numerical-stability bugs that make training produce NaN or Inf.",
+    )
+    parser.add_argument("--version", action="version", version=f"stabcheck {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    check = sub.add_parser("check", help="lint Python files and notebooks (static)")
+    check.add_argument("paths", nargs="*", default=None, metavar="PATH", help="files or directories (default: .)")
+    check.add_argument("--select", metavar="CODES", help="comma-separated codes or prefixes to enable (e.g. STB0,STB101; ALL)")
+    check.add_argument("--ignore", metavar="CODES", help="comma-separated codes or prefixes to disable")
+    check.add_argument("--extend-select", metavar="CODES", help="codes or prefixes to enable on top of the configured ones")
+    check.add_argument("--output-format", choices=("text", "json"), default=None, help="report format (default: text)")
+    check.add_argument("--exit-zero", action="store_true", help="exit 0 even when findings are reported")
+    check.add_argument("--config", metavar="PYPROJECT", help="read [tool.stabcheck] from this file instead of the nearest pyproject.toml")
+    check.add_argument("--isolated", action="store_true", help="ignore every configuration file")
+    check.add_argument("-j", "--jobs", type=int, default=None, metavar="N", help="worker processes (default: all cores; 1 = no pool)")
+    check.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    check.add_argument("--statistics", action="store_true", help="print one line per rule with its count instead of each finding")
+
+    explain = sub.add_parser("explain", help="print a rule's catalog page")
+    explain.add_argument("rule", metavar="CODE_OR_SLUG")
+
+    sub.add_parser("rules", help="list the rules")
+    sub.add_parser("run", help="run a training script under the NaN/Inf trap (stabcheck run -h)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        from stabcheck.runtime.cli import main as run_main
+
+        return run_main(argv[1:])
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            from stabcheck.commands import run_check
+
+            return run_check(args)
+        if args.command == "explain":
+            from stabcheck.commands import run_explain
+
+            return run_explain(args.rule)
+        if args.command == "rules":
+            from stabcheck.commands import run_rules
+
+            return run_rules()
+    except KeyboardInterrupt:
+        print("stabcheck: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `stabcheck check | head`: the reader went away; not our error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FINDINGS
+    parser.print_help(sys.stderr)
+    return EXIT_ERROR
