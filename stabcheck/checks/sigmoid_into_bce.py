@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from stabcheck import names as N
+from stabcheck.checks.base import Check, origin, short
+from stabcheck.values import Prob
+
+
+class SigmoidIntoBce(Check):
+    code = "STB102"
+    slug = "sigmoid-into-bce"
+    summary = "binary cross-entropy on a sigmoid output: use the with-logits form"
+    requires = (r"(?i)sigmoid|expit",)
+
+    def on_loss(self, node, spec, family, qual, pairs):
+        if family != N.BCE_PROBS:
+            return
+        for arg, val in pairs:
+            if isinstance(val, Prob) and val.src == N.SRC_SIGMOID and not val.comp:
+                self.report(
+                    arg,
+                    f"`{short(qual)}` on a sigmoid output{origin(val, arg)}: sigmoid saturates to exactly 0 or 1 "
+                    f"in float32 (1.0 already for x > ~17) and the loss hits log(0); use {N.logits_loss_for(family, qual)} on the logits",
+                )

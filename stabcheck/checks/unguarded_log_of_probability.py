@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from stabcheck import names as N
+from stabcheck.checks.base import Check, describe, origin
+from stabcheck.checks.log_of_softmax import is_direct_softmax
+from stabcheck.flow import base_key, const_value
+from stabcheck.values import LogOf, Prob
+
+
+def _fix(prob: Prob) -> str:
+    if prob.src == N.SRC_SOFTMAX and not prob.comp:
+        return f"use {N.log_softmax_for(prob.qual)} on the logits"
+    if prob.src == N.SRC_SIGMOID:
+        ls = N.log_sigmoid_for(prob.qual)
+        if prob.comp:
+            return f"use {ls}(-x) on the logits (log(1 - sigmoid(x)) == logsigmoid(-x)), or a with-logits loss"
+        return f"use {ls} on the logits, or a with-logits loss"
+    return "clip it to [eps, 1 - eps] first"
+
+
+class UnguardedLogOfProbability(Check):
+    code = "STB002"
+    slug = "unguarded-log-of-probability"
+    summary = "log(p) or log(1 - p) of a probability with no guard: -inf and NaN gradients at 0 or 1"
+    requires = (N.TRIGGER_WORDS[N.LOG],)
+
+    def __init__(self, report):
+        super().__init__(report)
+        self._fired: set[int] = set()
+
+    def on_log(self, node, x_node, x_val):
+        if not isinstance(x_val, Prob) or x_val.lo or is_direct_softmax(x_node, x_val):
+            return
+        edge = "1" if x_val.comp else "0"
+        self.report(
+            node,
+            f"unguarded log of a {describe(x_val)}{origin(x_val, node)}: -inf and a NaN gradient "
+            f"once the probability reaches exactly {edge}; {_fix(x_val)}",
+        )
+
+    def on_mult(self, node, left, right, lval, rval):
+        # `y * log(p)`: the hand-rolled cross-entropy shape, even when `p` is a
+        # parameter of unknown origin. `p * log(p)` (entropy) and constant
+        # factors are not that shape.
+        for log_val, other, other_val in ((lval, right, rval), (rval, left, lval)):
+            if not isinstance(log_val, LogOf) or id(log_val.node) in self._fired:
+                continue
+            if const_value(other) is not None or isinstance(other_val, LogOf):
+                continue
+            if base_key(other) == log_val.key:
+                continue
+            self._fired.add(id(log_val.node))
+            p = log_val.key
+            what = f"1 - {p}" if log_val.comp else p
+            edge = "1" if log_val.comp else "0"
+            self.report(
+                log_val.node,
+                f"hand-rolled cross-entropy takes an unguarded log({what}): -inf and a NaN gradient once "
+                f"`{p}` reaches exactly {edge}; clip `{p}` to [eps, 1 - eps] or use a with-logits loss",
+            )

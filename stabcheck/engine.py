@@ -1,0 +1,179 @@
+"""Files -> parse once -> every enabled check in one walk -> diagnostics.
+
+Per file: read bytes, decode as Python does (BOM, coding cookie), skip the
+parse when the text lacks every word an enabled check needs, parse with
+`ast`, walk once, drop suppressed findings. Problems with a file become
+STB9xx diagnostics for that file; the other files are still checked.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import re
+import sys
+import tokenize
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from stabcheck.checks import CHECKS, INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR
+from stabcheck.diagnostics import Diagnostic
+from stabcheck.flow import EVENTS, Walker
+from stabcheck.suppress import Suppressions
+
+# Deeply nested generated code: recursion in the walk is bounded by nesting
+# depth, not by file size.
+_RECURSION_LIMIT = 10_000
+# Below this many files a process pool costs more than it saves.
+_POOL_THRESHOLD = 16
+
+
+@dataclass(frozen=True)
+class FileJob:
+    path: str  # as shown to the user
+    codes: frozenset[str]  # enabled for this file (after per-file ignores)
+
+
+_prefilter_cache: dict[frozenset, tuple] = {}
+
+
+def _plan(codes: frozenset[str]):
+    """Enabled checks with their compiled prefilter patterns (cached per code set)."""
+    plan = _prefilter_cache.get(codes)
+    if plan is None:
+        plan = tuple(
+            (check, tuple(re.compile(r) for r in check.requires)) for check in CHECKS if check.code in codes
+        )
+        _prefilter_cache[codes] = plan
+    return plan
+
+
+def decode(data: bytes) -> str:
+    """Decode source bytes the way the interpreter does."""
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    text = data.decode(encoding)
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def check_source(source: str, path: str, codes: frozenset[str]) -> list[Diagnostic]:
+    """Check one file's text. Never raises for bad input."""
+    checks = [check for check, needs in _plan(codes) if all(r.search(source) for r in needs)]
+    if not checks:
+        return []
+    positions = _Positions(source, path)
+    raw: list[tuple[str, ast.AST, str]] = []
+    report = lambda code, node, message: raw.append((code, node, message))  # noqa: E731
+    try:
+        tree = ast.parse(source, filename=path)
+    except (SyntaxError, ValueError) as exc:
+        return _syntax_error(exc, source, path, codes)
+    except RecursionError:
+        return _meta(SYNTAX_ERROR.code, "too deeply nested for Python's parser", path, codes)
+    instances = [check(report) for check in checks]
+    listeners = {ev: [getattr(c, "on_" + ev) for c in instances if hasattr(c, "on_" + ev)] for ev in EVENTS}
+    try:
+        Walker(listeners).run(tree)
+    except RecursionError:
+        return _meta(INTERNAL_ERROR.code, "expression nesting too deep to analyse; file skipped", path, codes)
+    except Exception as exc:  # a bug in stabcheck: report it on the file, keep going
+        return _meta(INTERNAL_ERROR.code, f"internal error: {type(exc).__name__}: {exc}", path, codes)
+    if not raw:
+        return []
+    suppressions = Suppressions(source)
+    out = []
+    seen = set()
+    for code, node, message in raw:
+        row, col, end_row, end_col = positions.span(node)
+        if suppressions.suppressed(code, row) or (code, row, col) in seen:
+            continue
+        seen.add((code, row, col))
+        out.append(Diagnostic(code, message, path, row, col, end_row, end_col))
+    return out
+
+
+def check_file(job: FileJob) -> list[Diagnostic]:
+    try:
+        with open(job.path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return _meta(IO_ERROR.code, f"cannot read file: {exc.strerror or exc}", job.path, job.codes)
+    try:
+        source = decode(data)
+    except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
+        return _meta(SYNTAX_ERROR.code, f"cannot decode file: {_decode_reason(exc, data)}", job.path, job.codes)
+    return check_source(source, job.path, job.codes)
+
+
+def check_jobs(jobs: list[FileJob], workers: int | None = None) -> list[Diagnostic]:
+    """Check files, in a process pool when there are enough of them."""
+    workers = workers or os.cpu_count() or 1
+    out: list[Diagnostic] = []
+    if workers <= 1 or len(jobs) < _POOL_THRESHOLD:
+        _raise_recursion_limit()
+        for job in jobs:
+            out.extend(check_file(job))
+    else:
+        chunk = max(1, min(64, len(jobs) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers, initializer=_raise_recursion_limit) as pool:
+            for diags in pool.map(check_file, jobs, chunksize=chunk):
+                out.extend(diags)
+    out.sort(key=Diagnostic.sort_key)
+    return out
+
+
+def _raise_recursion_limit() -> None:
+    if sys.getrecursionlimit() < _RECURSION_LIMIT:
+        sys.setrecursionlimit(_RECURSION_LIMIT)
+
+
+def _meta(code: str, message: str, path: str, codes: frozenset[str], row: int = 1, col: int = 1) -> list[Diagnostic]:
+    if code not in codes:
+        return []
+    return [Diagnostic(code, message, path, row, col, row, col)]
+
+
+def _syntax_error(exc: Exception, source: str, path: str, codes) -> list[Diagnostic]:
+    if isinstance(exc, SyntaxError):
+        row = exc.lineno or 1
+        col = exc.offset or 1
+        msg = exc.msg or "invalid syntax"
+    else:  # ValueError: NUL bytes on older Pythons
+        msg = str(exc)
+        row, col = 1, 1
+    if "\x00" in source and ("null" in msg.lower() or not isinstance(exc, SyntaxError)):
+        idx = source.index("\x00")
+        row = source.count("\n", 0, idx) + 1
+        col = idx - (source.rfind("\n", 0, idx) + 1) + 1
+        msg = "source contains a NUL byte"
+    return _meta(SYNTAX_ERROR.code, f"syntax error: {msg}", path, codes, max(row, 1), max(col, 1))
+
+
+def _decode_reason(exc: Exception, data: bytes) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        row = data.count(b"\n", 0, exc.start) + 1
+        return f"invalid {exc.encoding} byte 0x{data[exc.start]:02x} at line {row}"
+    return str(exc)
+
+
+class _Positions:
+    """`ast` gives UTF-8 byte columns; users count characters."""
+
+    def __init__(self, source: str, path: str):
+        self._source = source
+        self._lines: list[str] | None = None
+
+    def _char_col(self, row: int, byte_col: int) -> int:
+        if self._lines is None:
+            self._lines = re.split(r"\r\n|\r|\n", self._source)
+        line = self._lines[row - 1] if 0 < row <= len(self._lines) else ""
+        if line.isascii():
+            return byte_col + 1
+        return len(line.encode("utf-8")[:byte_col].decode("utf-8", "replace")) + 1
+
+    def span(self, node: ast.AST) -> tuple[int, int, int, int]:
+        row = getattr(node, "lineno", 1)
+        end_row = getattr(node, "end_lineno", None) or row
+        col = self._char_col(row, getattr(node, "col_offset", 0))
+        end_col = self._char_col(end_row, getattr(node, "end_col_offset", None) or 0)
+        return row, col, end_row, end_col

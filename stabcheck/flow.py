@@ -1,0 +1,799 @@
+"""Provenance: which expressions hold probabilities, and where they flow.
+
+One walk over a module's `ast`, in statement order. Each expression gets an
+abstract value (see `values.py`); the walk tells the checks about the events
+they subscribe to (a log, a loss call, a product, a square) together with the
+values involved. Functions and classes of the module are analysed once, on
+first call or at the end, so a call site sees what its callee returns.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Callable, Iterable
+
+from stabcheck import names as N
+from stabcheck.values import Diff, Guarded, Layer, LogOf, LossObj, Prob, Qual, Tup
+
+# Events the walk emits, with their arguments:
+#   log(node, arg_node, arg_val)            a call of a log function or method
+#   loss(node, spec, family, qual, pairs)   a loss call; pairs: [(arg_node, arg_val)] predictions
+#   mult(node, left, right, lval, rval)     a product `left * right`
+#   square(node, base, base_val)            `base ** 2`, `square(base)`, `base.pow(2)`
+EVENTS = ("log", "loss", "mult", "square")
+
+_PASSTHROUGH_ATTRS = frozenset({"data", "T", "mT", "real"})
+
+
+def strip(node: ast.AST) -> ast.AST:
+    """Skip no-op wrappers that change nothing about the value."""
+    while isinstance(node, ast.Starred):
+        node = node.value
+    return node
+
+
+def const_value(node: ast.AST | None) -> float | None:
+    """Fold a numeric constant expression (`1 - 1e-7`, `-1`, `1e-3 * 2`)."""
+    if node is None:
+        return None
+    if isinstance(node, ast.Constant):
+        v = node.value
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = const_value(node.operand)
+        return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
+        a, b = const_value(node.left), const_value(node.right)
+        if a is None or b is None:
+            return None
+        try:
+            if isinstance(node.op, ast.Add):
+                return a + b
+            if isinstance(node.op, ast.Sub):
+                return a - b
+            if isinstance(node.op, ast.Mult):
+                return a * b
+            if isinstance(node.op, ast.Div):
+                return a / b
+            return a**b
+        except (ZeroDivisionError, OverflowError, ValueError):
+            return None
+    return None
+
+
+def base_key(node: ast.AST) -> str | None:
+    """The variable an operand is about: `p`, `self.p`, `y[:, 1]` -> `y`,
+    `1 - y` -> `y`, `-y` -> `y`, `y.float()` -> `y`."""
+    while True:
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Attribute):
+            inner = base_key(node.value)
+            return None if inner is None else f"{inner}.{node.attr}"
+        if isinstance(node, ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            node = node.operand
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) and const_value(node.left) == 1.0:
+            node = node.right
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in N.PASSTHROUGH_METHODS
+        ):
+            node = node.func.value
+        else:
+            return None
+
+
+def target_key(node: ast.AST) -> str | None:
+    """Assignable names we track: `x`, `self.x`, `a.b.c`."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = target_key(node.value)
+        return None if inner is None else f"{inner}.{node.attr}"
+    return None
+
+
+# ---------------------------------------------------------------- scopes
+class FuncInfo:
+    __slots__ = ("node", "scope", "cls", "state", "ret")
+
+    def __init__(self, node, scope, cls=None):
+        self.node = node
+        self.scope = scope  # the defining scope (closure)
+        self.cls = cls
+        self.state = 0  # 0 new, 1 in progress, 2 done
+        self.ret = None
+
+
+class ClassInfo:
+    __slots__ = ("node", "scope", "attrs", "methods", "state")
+
+    def __init__(self, node, scope):
+        self.node = node
+        self.scope = scope
+        self.attrs: dict[str, object] = {}
+        self.methods: dict[str, FuncInfo] = {}
+        self.state = 0
+
+
+class Instance:
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: ClassInfo):
+        self.cls = cls
+
+
+class Scope:
+    __slots__ = ("vars", "parent", "cls", "self_name", "returns")
+
+    def __init__(self, parent=None, cls=None, self_name=None):
+        self.vars: dict[str, object] = {}
+        self.parent = parent
+        self.cls = cls
+        self.self_name = self_name
+        self.returns: list | None = None
+
+    def lookup(self, key: str):
+        scope = self
+        while scope is not None:
+            if scope.self_name and scope.cls is not None and key.startswith(scope.self_name + "."):
+                return scope.cls.attrs.get(key[len(scope.self_name) + 1 :])
+            if key in scope.vars:
+                return scope.vars[key]
+            scope = scope.parent
+        return None
+
+    def assign(self, key: str, val) -> None:
+        if self.self_name and self.cls is not None and key.startswith(self.self_name + "."):
+            self.cls.attrs[key[len(self.self_name) + 1 :]] = val
+        else:
+            self.vars[key] = val
+
+
+def _merge(vals: list):
+    """What a function returns when every return statement agrees; else unknown."""
+    if not vals:
+        return None
+    first = vals[0]
+    if isinstance(first, Prob):
+        if all(isinstance(v, Prob) and v.src == first.src and v.comp == first.comp for v in vals):
+            return Prob(
+                first.src, first.node, first.qual, first.comp,
+                all(v.lo for v in vals), all(v.hi for v in vals),
+            )
+        return None
+    if isinstance(first, Tup):
+        if all(isinstance(v, Tup) and len(v.items) == len(first.items) for v in vals):
+            return Tup([_merge([v.items[i] for v in vals]) for i in range(len(first.items))])
+        return None
+    if all(v is first for v in vals):
+        return first
+    return None
+
+
+def _activation_src(node: ast.AST | None, val) -> str | None:
+    """`"softmax"`, `tf.nn.softmax`, `keras.activations.sigmoid` -> a SRC_*."""
+    if node is None:
+        return None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return N.ACTIVATION_STRINGS.get(node.value.lower())
+    if isinstance(val, Qual):
+        func = N.FUNCS.get(val.name)
+        if func is not None and func.op == N.SOFTMAX:
+            return N.SRC_SOFTMAX
+        if func is not None and func.op == N.SIGMOID:
+            return N.SRC_SIGMOID
+    return None
+
+
+def _arg(call: ast.Call, pos: int, kws: Iterable[str]) -> ast.AST | None:
+    for kw in call.keywords:
+        if kw.arg in kws:
+            return kw.value
+    if 0 <= pos < len(call.args) and not any(isinstance(a, ast.Starred) for a in call.args[: pos + 1]):
+        return call.args[pos]
+    return None
+
+
+def _kw_true(call: ast.Call, name: str) -> bool:
+    for kw in call.keywords:
+        if kw.arg == name:
+            return isinstance(kw.value, ast.Constant) and kw.value.value is True
+    return False
+
+
+# ---------------------------------------------------------------- the walk
+class Walker:
+    """Analyses one module; `listeners` maps an event name to callbacks."""
+
+    def __init__(self, listeners: dict[str, list[Callable]]):
+        self.listeners = listeners
+        self._log = listeners.get("log", ())
+        self._loss = listeners.get("loss", ())
+        self._mult = listeners.get("mult", ())
+        self._square = listeners.get("square", ())
+        self.scope = Scope()
+        self._pending: list[FuncInfo | ClassInfo] = []
+        self._declared: set[int] = set()  # defs bound before the walk reached them
+
+    # ------------------------------------------------------------ entry
+    def run(self, tree: ast.Module) -> None:
+        self._predeclare(tree.body, self.scope)
+        self.block(tree.body)
+        self._drain()
+
+    def _drain(self) -> None:
+        # Functions and classes nobody called are still checked, once.
+        while self._pending:
+            item = self._pending.pop(0)
+            if isinstance(item, ClassInfo):
+                self._analyse_class(item)
+            else:
+                self._summary(item)
+
+    def _predeclare(self, body: list[ast.stmt], scope: Scope) -> None:
+        """Bind imports and top-level defs before walking, so a function may
+        call one defined below it and imports in try/except or if blocks count."""
+        for stmt in body:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                self._import(stmt, scope)
+            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self._define_function(stmt, scope)
+                self._declared.add(id(stmt))
+            elif isinstance(stmt, ast.ClassDef):
+                self._define_class(stmt, scope)
+                self._declared.add(id(stmt))
+            elif isinstance(stmt, ast.Try):
+                for part in (stmt.body, *[h.body for h in stmt.handlers], stmt.orelse, stmt.finalbody):
+                    self._predeclare_imports(part, scope)
+            elif isinstance(stmt, ast.If):
+                self._predeclare_imports(stmt.body, scope)
+                self._predeclare_imports(stmt.orelse, scope)
+
+    def _predeclare_imports(self, body, scope) -> None:
+        for stmt in body:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                self._import(stmt, scope)
+
+    # ------------------------------------------------------------ statements
+    def block(self, body: list[ast.stmt]) -> None:
+        for stmt in body:
+            self.stmt(stmt)
+
+    def stmt(self, s: ast.stmt) -> None:
+        t = type(s)
+        if t is ast.Expr:
+            self.expr(s.value)
+        elif t is ast.Assign:
+            val = self.expr(s.value)
+            for target in s.targets:
+                self._bind(target, val)
+        elif t is ast.AugAssign:
+            val = self._binop(s, s.target, s.op, s.value)
+            self._bind(s.target, val)
+        elif t is ast.AnnAssign:
+            if s.value is not None:
+                self._bind(s.target, self.expr(s.value))
+        elif t is ast.Return:
+            val = self.expr(s.value) if s.value is not None else None
+            if self.scope.returns is not None:
+                self.scope.returns.append(val)
+        elif t in (ast.If, ast.While):
+            self.expr(s.test)
+            self.block(s.body)
+            self.block(s.orelse)
+        elif t in (ast.For, ast.AsyncFor):
+            it = self.expr(s.iter)
+            self._bind(s.target, it if isinstance(it, Prob) else None)
+            self.block(s.body)
+            self.block(s.orelse)
+        elif t in (ast.With, ast.AsyncWith):
+            for item in s.items:
+                self.expr(item.context_expr)
+                if item.optional_vars is not None:
+                    self._bind(item.optional_vars, None)
+            self.block(s.body)
+        elif t in (ast.Try, getattr(ast, "TryStar", ast.Try)):
+            self.block(s.body)
+            for h in s.handlers:
+                if h.type is not None:
+                    self.expr(h.type)
+                if h.name:
+                    self.scope.assign(h.name, None)
+                self.block(h.body)
+            self.block(s.orelse)
+            self.block(s.finalbody)
+        elif t in (ast.FunctionDef, ast.AsyncFunctionDef):
+            for d in s.decorator_list:
+                self.expr(d)
+            if id(s) not in self._declared:
+                self._define_function(s, self.scope)
+        elif t is ast.ClassDef:
+            for d in s.decorator_list:
+                self.expr(d)
+            for b in s.bases:
+                self.expr(b)
+            if id(s) not in self._declared:
+                self._define_class(s, self.scope)
+        elif t in (ast.Import, ast.ImportFrom):
+            self._import(s, self.scope)
+        elif t is ast.Delete:
+            for target in s.targets:
+                self._bind(target, None)
+        elif t is ast.Match:
+            self.expr(s.subject)
+            for case in s.cases:
+                if case.guard is not None:
+                    self.expr(case.guard)
+                self.block(case.body)
+        elif t in (ast.Raise, ast.Assert):
+            for child in ast.iter_child_nodes(s):
+                self.expr(child)
+        # Pass, Break, Continue, Global, Nonlocal: nothing flows.
+
+    def _bind(self, target: ast.AST, val) -> None:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            items = val.items if isinstance(val, Tup) and len(val.items) == len(target.elts) else None
+            for i, elt in enumerate(target.elts):
+                self._bind(elt, items[i] if items else None)
+            return
+        if isinstance(target, ast.Starred):
+            self._bind(target.value, None)
+            return
+        key = target_key(target)
+        if key is not None:
+            self.scope.assign(key, val)
+        elif isinstance(target, ast.Subscript):
+            self.expr(target.value)
+            self.expr(target.slice)
+
+    def _import(self, s, scope: Scope) -> None:
+        if isinstance(s, ast.Import):
+            for alias in s.names:
+                if alias.asname:
+                    scope.assign(alias.asname, Qual(N.canonical(alias.name)))
+                else:
+                    top = alias.name.split(".", 1)[0]
+                    scope.assign(top, Qual(top))
+        elif s.level == 0 and s.module:
+            for alias in s.names:
+                if alias.name != "*":
+                    scope.assign(alias.asname or alias.name, Qual(N.canonical(f"{s.module}.{alias.name}")))
+        # Relative imports name project modules: cross-module summaries resolve them.
+
+    def _define_function(self, node, scope: Scope, cls: ClassInfo | None = None) -> FuncInfo:
+        info = FuncInfo(node, scope, cls)
+        if cls is None:
+            scope.assign(node.name, info)
+        self._pending.append(info)
+        return info
+
+    def _define_class(self, node: ast.ClassDef, scope: Scope) -> ClassInfo:
+        info = ClassInfo(node, scope)
+        for stmt in node.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                info.methods[stmt.name] = FuncInfo(stmt, scope, info)
+        scope.assign(node.name, info)
+        self._pending.append(info)
+        return info
+
+    # ------------------------------------------------------------ functions and classes
+    def _summary(self, info: FuncInfo):
+        """Analyse a function once; return what it returns."""
+        if info.state == 2:
+            return info.ret
+        if info.state == 1:
+            return None  # recursion
+        if info.cls is not None and info.cls.state == 0:
+            self._analyse_class(info.cls)
+            return info.ret
+        info.state = 1
+        node = info.node
+        self_name = None
+        if info.cls is not None and node.args.args and not any(
+            isinstance(d, ast.Name) and d.id == "staticmethod" for d in node.decorator_list
+        ):
+            self_name = node.args.args[0].arg
+        outer = self.scope
+        scope = Scope(info.scope, info.cls, self_name)
+        scope.returns = []
+        for default in (*node.args.defaults, *[d for d in node.args.kw_defaults if d is not None]):
+            self.expr(default)
+        if self_name:
+            scope.vars[self_name] = Instance(info.cls)
+        self.scope = scope
+        try:
+            self._predeclare_local(node.body, scope)
+            self.block(node.body)
+        finally:
+            self.scope = outer
+        info.ret = _merge(scope.returns)
+        info.state = 2
+        return info.ret
+
+    def _predeclare_local(self, body, scope) -> None:
+        for stmt in body:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                self._import(stmt, scope)
+
+    def _analyse_class(self, cls: ClassInfo) -> None:
+        if cls.state:
+            return
+        cls.state = 1
+        outer = self.scope
+        self.scope = Scope(cls.scope)
+        try:
+            for stmt in cls.node.body:
+                if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    self.stmt(stmt)
+        finally:
+            self.scope = outer
+        # Constructors first: `self.softmax = nn.Softmax(1)` in __init__ is
+        # what `forward` calls.
+        order = sorted(
+            cls.methods.values(),
+            key=lambda f: (f.node.name not in ("__init__", "build", "setup"), f.node.lineno),
+        )
+        for method in order:
+            for d in method.node.decorator_list:
+                self.expr(d)
+            self._summary(method)
+        cls.state = 2
+
+    def _call_instance(self, inst: Instance, method: str = "__call__"):
+        cls = inst.cls
+        self._analyse_class(cls)
+        if method == "__call__":
+            for name in ("forward", "call", "__call__"):
+                if name in cls.methods:
+                    return self._summary(cls.methods[name])
+            return None
+        info = cls.methods.get(method)
+        return self._summary(info) if info is not None else None
+
+    # ------------------------------------------------------------ expressions
+    def expr(self, node: ast.AST | None):
+        if node is None:
+            return None
+        t = type(node)
+        if t is ast.Name:
+            return self.scope.lookup(node.id)
+        if t is ast.Call:
+            return self._call(node)
+        if t is ast.Attribute:
+            return self._attribute(node)
+        if t is ast.Constant:
+            return None
+        if t is ast.BinOp:
+            return self._binop(node, node.left, node.op, node.right)
+        if t is ast.Subscript:
+            val = self.expr(node.value)
+            self.expr(node.slice)
+            if isinstance(val, Tup):
+                idx = node.slice
+                if isinstance(idx, ast.Constant) and isinstance(idx.value, int) and -len(val.items) <= idx.value < len(val.items):
+                    return val.items[idx.value]
+                return None
+            return val if isinstance(val, (Prob, Guarded)) else None
+        if t is ast.UnaryOp:
+            val = self.expr(node.operand)
+            return val if isinstance(val, LogOf) and isinstance(node.op, ast.USub) else None
+        if t in (ast.Tuple, ast.List):
+            return Tup([self.expr(e) for e in node.elts])
+        if t is ast.Lambda:
+            outer = self.scope
+            self.scope = Scope(outer)
+            try:
+                self.expr(node.body)
+            finally:
+                self.scope = outer
+            return None
+        if t in (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp):
+            return self._comprehension(node)
+        if t is ast.IfExp:
+            self.expr(node.test)
+            a, b = self.expr(node.body), self.expr(node.orelse)
+            return _merge([a, b])
+        if t is ast.NamedExpr:
+            val = self.expr(node.value)
+            self._bind(node.target, val)
+            return val
+        if t is ast.Starred:
+            return self.expr(node.value)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.expr):
+                self.expr(child)
+            elif isinstance(child, (ast.keyword, ast.comprehension, ast.arguments)):
+                for sub in ast.iter_child_nodes(child):
+                    if isinstance(sub, ast.expr):
+                        self.expr(sub)
+        return None
+
+    def _comprehension(self, node) -> None:
+        outer = self.scope
+        self.scope = Scope(outer)
+        try:
+            for gen in node.generators:
+                it = self.expr(gen.iter)
+                self._bind(gen.target, it if isinstance(it, Prob) else None)
+                for cond in gen.ifs:
+                    self.expr(cond)
+            if isinstance(node, ast.DictComp):
+                self.expr(node.key)
+                self.expr(node.value)
+            else:
+                self.expr(node.elt)
+        finally:
+            self.scope = outer
+        return None
+
+    def _attribute(self, node: ast.Attribute):
+        key = target_key(node)
+        if key is not None:
+            # Only `self.x` and plain names hold tracked values; anything else
+            # is read through its base.
+            scope_val = self.scope.lookup(key)
+            if scope_val is not None:
+                return scope_val
+        base = self.expr(node.value)
+        if isinstance(base, Qual):
+            return Qual(N.canonical(f"{base.name}.{node.attr}"))
+        if node.attr in _PASSTHROUGH_ATTRS and isinstance(base, (Prob, Guarded)):
+            return base
+        if isinstance(base, Instance):
+            return base.cls.attrs.get(node.attr)
+        return None
+
+    def _binop(self, node, left: ast.AST, op: ast.operator, right: ast.AST):
+        lval, rval = self.expr(left), self.expr(right)
+        if isinstance(op, ast.Mult):
+            if self._mult:
+                for cb in self._mult:
+                    cb(node, left, right, lval, rval)
+            return None
+        if isinstance(op, ast.Pow):
+            if const_value(right) == 2.0 and self._square:
+                for cb in self._square:
+                    cb(node, left, lval)
+            return None
+        if isinstance(op, ast.Sub):
+            c = const_value(left)
+            if c is not None and c >= 1.0:
+                if isinstance(rval, (Prob, Guarded)):
+                    comp = rval.complement()
+                    return comp.guarded(c > 1.0, False) if isinstance(comp, Prob) else Guarded(comp.lo or c > 1.0, comp.hi)
+                return None
+            if isinstance(lval, Prob) or isinstance(rval, Prob):
+                return Diff(lval, rval)
+            return None
+        if isinstance(op, ast.Add):
+            # `p + eps`: bounded away from 0. Unknown terms count as a guard:
+            # stabcheck only flags what it can prove.
+            for val, other in ((lval, right), (rval, left)):
+                if isinstance(val, Prob):
+                    c = const_value(other)
+                    return val.guarded(c is None or c > 0, False)
+            return Guarded(True, False)
+        return None
+
+    # ------------------------------------------------------------ calls
+    def _args(self, node: ast.Call) -> dict[int, object]:
+        """Evaluate every argument once; values by id of the argument node."""
+        vals = {}
+        for a in node.args:
+            vals[id(a)] = self.expr(a)
+        for kw in node.keywords:
+            vals[id(kw.value)] = self.expr(kw.value)
+        return vals
+
+    def _call(self, node: ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            recv = self.expr(func.value)
+            if not isinstance(recv, Qual):
+                return self._method(node, func, recv, self._args(node))
+            callee = Qual(N.canonical(f"{recv.name}.{func.attr}"))
+        else:
+            callee = self.expr(func)
+        vals = self._args(node)
+        if isinstance(callee, Qual):
+            return self._qualified(node, callee.name, vals)
+        if isinstance(callee, FuncInfo):
+            return self._summary(callee)
+        if isinstance(callee, ClassInfo):
+            return Instance(callee)
+        if isinstance(callee, Instance):
+            return self._call_instance(callee)
+        if isinstance(callee, Layer):
+            ret = callee.ret
+            if callee.activation and isinstance(ret, Prob):
+                return Prob(ret.src, node, ret.qual)
+            return ret
+        if isinstance(callee, LossObj):
+            self._emit_loss(node, callee.spec, callee.family, callee.qual, vals)
+        return None
+
+    def _qualified(self, node: ast.Call, name: str, vals: dict):
+        func = N.FUNCS.get(name)
+        if func is not None:
+            x = _arg(node, 0, _OPERAND_KEYWORDS)
+            return self._apply(node, func, name, x, vals.get(id(x)), vals)
+        spec = N.LOSS_FUNCS.get(name)
+        if spec is not None:
+            self._emit_loss(node, spec, _family(spec, node), name, vals)
+            return None
+        spec = N.LOSS_CLASSES.get(name)
+        if spec is not None:
+            return LossObj(spec, _family(spec, node), name)
+        src = N.ACTIVATION_MODULES.get(name)
+        if src is not None:
+            return Layer(Prob(src, node, name), activation=True)
+        if name in N.SEQUENTIAL:
+            if name == "torch.nn.Sequential":
+                last = vals.get(id(node.args[-1])) if node.args else None
+            else:
+                layers = vals.get(id(_arg(node, 0, ("layers",))))
+                last = layers.items[-1] if isinstance(layers, Tup) and layers.items else None
+            return Layer(last.ret if isinstance(last, Layer) else None, sequential=name)
+        if name in N.FUNCTIONAL_MODELS:
+            return Layer(vals.get(id(_arg(node, 1, ("outputs",)))))
+        if name.startswith(N.KERAS_LAYER_PREFIX):
+            if name == N.KERAS_ACTIVATION_LAYER:
+                act = _arg(node, 0, ("activation",))
+            elif name == N.KERAS_DENSE:
+                act = _arg(node, 1, ("activation",))
+            else:
+                act = _arg(node, -1, ("activation",))
+            src = _activation_src(act, vals.get(id(act)))
+            return Layer(Prob(src, node, name) if src else None, activation=name == N.KERAS_ACTIVATION_LAYER)
+        return None
+
+    def _method(self, node: ast.Call, func: ast.Attribute, recv, vals: dict):
+        name = func.attr
+        if isinstance(recv, Instance):
+            if name in N.PROBA_METHODS:
+                return Prob(N.SRC_PROBA, node)
+            if name in N.PREDICT_METHODS:
+                return self._call_instance(recv)
+            info = recv.cls.methods.get(name)
+            return self._summary(info) if info is not None else None
+        if isinstance(recv, Layer):
+            if name == "add" and recv.sequential and node.args:
+                added = vals.get(id(node.args[0]))
+                key = target_key(func.value)
+                if key is not None:
+                    self.scope.assign(key, Layer(added.ret if isinstance(added, Layer) else None, recv.sequential))
+                return None
+            if name in N.PREDICT_METHODS:
+                return recv.ret
+            return Prob(N.SRC_PROBA, node) if name in N.PROBA_METHODS else None
+        if isinstance(recv, LossObj):
+            if name in ("forward", "call", "__call__"):
+                self._emit_loss(node, recv.spec, recv.family, recv.qual, vals)
+            return None
+        if isinstance(recv, (FuncInfo, ClassInfo)):
+            return None
+        if name in N.PROBA_METHODS:
+            return Prob(N.SRC_PROBA, node)
+        nargs = len(node.args) + len(node.keywords)
+        inplace = N.INPLACE_METHODS.get(name)
+        spec = N.METHODS.get(inplace or name)
+        if spec is not None and nargs in spec[1]:
+            val = self._apply(node, spec[0], None, func.value, recv, vals)
+            if inplace:
+                key = target_key(func.value)
+                if key is not None:
+                    self.scope.assign(key, val)
+            return val
+        if name == "pow" and len(node.args) == 1 and const_value(node.args[0]) == 2.0:
+            for cb in self._square:
+                cb(node, func.value, recv)
+            return None
+        if name == "mul" and len(node.args) == 1:
+            for cb in self._mult:
+                cb(node, func.value, node.args[0], recv, vals.get(id(node.args[0])))
+            return None
+        if name in N.PASSTHROUGH_METHODS:
+            return recv if isinstance(recv, (Prob, Guarded, LogOf)) else None
+        return None
+
+    def _apply(self, node: ast.Call, func: N.Func, qual, x_node, x_val, vals: dict):
+        """Apply a table operation to its operand `x`: the first argument of a
+        function, the receiver of a method."""
+        op = func.op
+        if op == N.SOFTMAX:
+            return Prob(N.SRC_SOFTMAX, node, qual)
+        if op == N.SIGMOID:
+            return Prob(N.SRC_SIGMOID, node, qual)
+        if op == N.LOG:
+            return self._on_log(node, x_node, x_val)
+        if op == N.PASSTHROUGH:
+            return x_val if isinstance(x_val, (Prob, Guarded, LogOf)) else None
+        if op == N.SQUARE:
+            if x_node is not None:
+                for cb in self._square:
+                    cb(node, x_node, x_val)
+            return None
+        if op == N.MULTIPLY:
+            if len(node.args) == 2:
+                a, b = node.args
+                for cb in self._mult:
+                    cb(node, a, b, vals.get(id(a)), vals.get(id(b)))
+            return None
+        if op == N.CLAMP:
+            lo = func.lo is not None and _useful_bound(_arg(node, *func.lo), low=True)
+            hi = func.hi is not None and _useful_bound(_arg(node, *func.hi), low=False)
+            return _guard(x_val, lo, hi)
+        if op in (N.MAXIMUM, N.MINIMUM):
+            if len(node.args) != 2:
+                return None
+            a, b = node.args
+            x_val, bound = vals.get(id(a)), b
+            if not isinstance(x_val, (Prob, Guarded)) and isinstance(vals.get(id(b)), (Prob, Guarded)):
+                x_val, bound = vals.get(id(b)), a
+            if op == N.MAXIMUM:
+                return _guard(x_val, _useful_bound(bound, low=True), False)
+            return _guard(x_val, False, _useful_bound(bound, low=False))
+        return None
+
+    def _on_log(self, node, x_node, x_val):
+        if x_node is None:
+            return None
+        for cb in self._log:
+            cb(node, x_node, x_val)
+        if x_val is not None:
+            return None
+        # Unknown origin: remember it, in case it turns out to be `y * log(p)`.
+        inner, comp = x_node, False
+        if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Sub) and const_value(inner.left) == 1.0:
+            inner, comp = inner.right, True
+        if isinstance(inner, (ast.Name, ast.Attribute, ast.Subscript)):
+            key = base_key(inner)
+            if key is not None:
+                return LogOf(node, key, comp)
+        return None
+
+    def _emit_loss(self, node: ast.Call, spec: N.LossSpec, family: str, qual: str, vals: dict) -> None:
+        if not self._loss:
+            return
+        pairs = []
+        for pos, kws in spec.pred:
+            arg = _arg(node, pos, kws)
+            if arg is not None:
+                pairs.append((arg, vals.get(id(arg))))
+        for cb in self._loss:
+            cb(node, spec, family, qual, pairs)
+
+
+_OPERAND_KEYWORDS = ("input", "x", "a", "t", "tensor", "logits", "features")
+
+
+def _family(spec: N.LossSpec, node: ast.Call) -> str:
+    if spec.from_logits_family and _kw_true(node, "from_logits"):
+        return spec.from_logits_family
+    return spec.family
+
+
+def _useful_bound(node: ast.AST | None, low: bool) -> bool:
+    """Does a clamp bound keep log away from 0 (low) or 1 - p away from 0 (high)?
+
+    A constant must be > 0 (low) or < 1 (high); a non-constant bound
+    (`eps`, `1 - eps`, `K.epsilon()`) is trusted.
+    """
+    if node is None or (isinstance(node, ast.Constant) and node.value is None):
+        return False
+    c = const_value(node)
+    if c is None:
+        return True
+    return c > 0.0 if low else c < 1.0
+
+
+def _guard(val, lo: bool, hi: bool):
+    if isinstance(val, Prob):
+        return val.guarded(lo, hi)
+    if isinstance(val, Guarded):
+        return Guarded(val.lo or lo, val.hi or hi)
+    return Guarded(lo, hi)

@@ -1,0 +1,110 @@
+"""Likely cause, fix and matching static rule for the op that produced a NaN/Inf.
+
+Keys are framework-neutral op names (the aten name without namespace and
+overload: `log`, `div`, `sqrt`); a backward op is looked up by the forward op
+that created it. Rule codes are the static catalog's (DESIGN.md), so a runtime
+report points at the same page as `stabcheck explain CODE`.
+"""
+
+from __future__ import annotations
+
+# op -> (rule code or None, hint)
+FORWARD: dict[str, tuple[str | None, str]] = {
+    "log": ("STB002", "log of an exact 0 (or of a negative number): a probability saturated to 0 or 1 in floating point; "
+                      "use log_softmax / logsigmoid / BCE-with-logits on the logits, or clamp the argument to [eps, 1 - eps]"),
+    "log2": ("STB002", "log of 0 or of a negative number: clamp the argument to a positive minimum or work in log space"),
+    "log10": ("STB002", "log of 0 or of a negative number: clamp the argument to a positive minimum or work in log space"),
+    "log1p": ("STB004", "log1p of a value <= -1, or of an overflowed exp: use softplus / logaddexp instead of log(1 + exp(x))"),
+    "div": ("STB201", "division by zero: the denominator (often a norm, sum or std) is exactly 0 for some row; "
+                      "add an epsilon or use F.normalize(x, eps=...) / clamp_min on the denominator"),
+    "reciprocal": ("STB201", "reciprocal of 0: add an epsilon or clamp the argument away from zero"),
+    "sqrt": ("STB007", "sqrt of a negative number: clamp the argument to >= 0 (or predict log-variance instead of variance)"),
+    "rsqrt": ("STB202", "rsqrt of 0 or of a negative number: add an epsilon before rsqrt"),
+    "pow": ("STB202", "pow with a fractional or negative exponent at 0 or at a negative base: add an epsilon / clamp the base"),
+    "exp": ("STB005", "exp overflowed (float32 overflows above ~88.7, float16 above ~11): subtract the max before exp "
+                      "(use softmax / logsumexp), or use softplus / logaddexp for log(1 + exp(x))"),
+    "expm1": ("STB005", "expm1 overflowed: bound the argument or work in log space"),
+    "acos": ("STB204", "acos of a value outside [-1, 1]: clamp the cosine to [-1 + eps, 1 - eps]"),
+    "asin": ("STB204", "asin of a value outside [-1, 1]: clamp the argument to [-1 + eps, 1 - eps]"),
+    "atanh": ("STB204", "atanh of a value at or beyond +-1: clamp the argument to (-1 + eps, 1 - eps)"),
+    "mul": (None, "multiplication overflowed (or 0 * inf): values grew too large; check the learning rate, "
+                  "normalise activations, or use bfloat16 / loss scaling under float16"),
+    "sum": (None, "a reduction overflowed: values grew too large for the dtype; normalise or accumulate in float32"),
+    "mean": (None, "a reduction overflowed, or the mean of an empty tensor: check the shapes and the dtype"),
+    "var": (None, "variance of a single element (unbiased) or overflow: use correction=0 or guard the size"),
+    "std": (None, "std of a single element (unbiased) or overflow: use correction=0 or guard the size"),
+    "mm": (None, "matrix product overflowed: activations or weights grew too large; lower the learning rate, clip gradients, "
+                 "or add normalisation"),
+    "addmm": (None, "linear layer overflowed: activations or weights grew too large; lower the learning rate, clip gradients, "
+                    "or add normalisation"),
+    "bmm": (None, "batched matrix product overflowed: scale attention scores by 1/sqrt(d) and keep activations bounded"),
+    "_softmax": ("STB005", "softmax of a row that is entirely -inf (a fully masked row) gives NaN: keep at least one "
+                           "unmasked position or use a large finite negative instead of -inf"),
+    "_log_softmax": (None, "log_softmax of a row that is entirely -inf gives NaN: keep at least one unmasked position"),
+}
+
+# forward op whose backward produced the value -> (rule, hint)
+BACKWARD: dict[str, tuple[str | None, str]] = {
+    "sqrt": ("STB202", "the gradient of sqrt is infinite at 0 (1 / (2 * sqrt(0))); the forward was finite. "
+                       "Add an epsilon inside the sqrt: sqrt(x + eps), or use torch.linalg.vector_norm / F.pairwise_distance(eps=...)"),
+    "rsqrt": ("STB202", "the gradient of rsqrt is infinite at 0: add an epsilon before rsqrt"),
+    "pow": ("STB202", "the gradient of x ** p with p < 1 is infinite at 0: add an epsilon to the base"),
+    "norm": ("STB201", "the gradient of a norm is NaN at the zero vector: add an epsilon (F.normalize(x, eps=...)) "
+                       "or compute sqrt(sum(x * x) + eps)"),
+    "linalg_vector_norm": ("STB201", "the gradient of a norm is NaN at the zero vector: add an epsilon "
+                                     "(F.normalize(x, eps=...)) or compute sqrt(sum(x * x) + eps)"),
+    "div": ("STB201", "the gradient of a division by a value at 0 is infinite: guard the denominator with an epsilon"),
+    "log": ("STB002", "the gradient of log at 0 is infinite: clamp the argument or use a log-space formulation "
+                      "(log_softmax, logsigmoid, BCE-with-logits)"),
+    "acos": ("STB204", "the gradient of acos is infinite at +-1: clamp the argument to [-1 + eps, 1 - eps]"),
+    "asin": ("STB204", "the gradient of asin is infinite at +-1: clamp the argument to [-1 + eps, 1 - eps]"),
+    "where": (None, "a NaN/Inf in the branch that torch.where masked out still reaches the gradient: "
+                    "apply the 'double where' (make the unused branch's input safe first)"),
+}
+
+PARAMETER_HINT = ("a parameter is already non-finite before this step: a previous update diverged (learning rate too high, "
+                  "no gradient clipping, float16 without loss scaling) or the checkpoint it was loaded from is corrupt")
+INPUT_HINT = "the data fed to the model already contains NaN/Inf: check the data pipeline and its normalisation"
+UNLOCALIZED_HINT = ("the value became non-finite but replaying the step did not reproduce it (nondeterministic kernels, "
+                    "compiled code, or state the replay cannot see); rerun with --per-op to check every op as it runs")
+
+
+def base_name(op: str | None) -> str:
+    """`aten.log.default` -> `log`; `aten.div.Tensor` -> `div`; `SqrtBackward0` -> `sqrt`."""
+    if not op:
+        return ""
+    name = op
+    if name.endswith(("Backward0", "Backward1", "Backward")):
+        name = name[: name.rindex("Backward")]
+        # CamelCase -> snake_case (LinalgVectorNorm -> linalg_vector_norm)
+        out = []
+        for i, ch in enumerate(name):
+            if ch.isupper() and i:
+                out.append("_")
+            out.append(ch.lower())
+        return "".join(out)
+    parts = name.split(".")
+    if parts[0] in ("aten", "prims", "torch") and len(parts) >= 2:
+        name = parts[1]
+    elif len(parts) >= 2:
+        name = parts[-1]
+    name = name.rstrip("_") if not name.startswith("_") else name
+    return name
+
+
+def lookup(phase: str, op: str | None, forward_op: str | None = None) -> tuple[str | None, str]:
+    """(rule, hint) for a producer op; empty hint when nothing specific is known."""
+    if phase == "parameter":
+        return None, PARAMETER_HINT
+    if phase == "input":
+        return None, INPUT_HINT
+    if phase == "backward" and forward_op:
+        found = BACKWARD.get(base_name(forward_op))
+        if found:
+            return found
+    found = FORWARD.get(base_name(op))
+    if found:
+        return found
+    if phase == "backward":
+        return None, "the backward pass produced the value; the forward op that created this node is the place to guard"
+    return None, ""

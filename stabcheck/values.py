@@ -1,0 +1,113 @@
+"""Abstract values the flow analysis assigns to expressions.
+
+`None` is the unknown value: anything stabcheck cannot prove stays silent.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from stabcheck.names import LossSpec
+
+
+class Qual:
+    """An imported module, function or class, by canonical qualified name."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+class Prob:
+    """A probability in [0, 1], or its complement `1 - p`.
+
+    `lo` / `hi`: the value is known to stay away from 0 / from 1 (a guard was
+    applied). Flags are about this value, so `1 - p` swaps them.
+    """
+
+    __slots__ = ("src", "node", "qual", "comp", "lo", "hi")
+
+    def __init__(self, src, node, qual=None, comp=False, lo=False, hi=False):
+        self.src = src  # names.SRC_*
+        self.node = node  # where the probability was made (for messages)
+        self.qual = qual  # qualified name of the producing function, if any
+        self.comp = comp
+        self.lo = lo
+        self.hi = hi
+
+    def complement(self) -> "Prob":
+        return Prob(self.src, self.node, self.qual, not self.comp, self.hi, self.lo)
+
+    def guarded(self, lo: bool, hi: bool) -> "Prob":
+        return Prob(self.src, self.node, self.qual, self.comp, self.lo or lo, self.hi or hi)
+
+
+class Guarded:
+    """A value of unknown origin that a clamp, `+ eps` or `maximum` bounded."""
+
+    __slots__ = ("lo", "hi")
+
+    def __init__(self, lo: bool, hi: bool):
+        self.lo = lo
+        self.hi = hi
+
+    def complement(self) -> "Guarded":
+        return Guarded(self.hi, self.lo)
+
+
+class LogOf:
+    """`log(p)` / `log(1 - p)` of a bare value of unknown origin, unguarded.
+
+    Harmless alone; a finding once it is multiplied by a different value,
+    the shape of a hand-rolled cross-entropy (`y * log(p)`).
+    """
+
+    __slots__ = ("node", "key", "comp")
+
+    def __init__(self, node: ast.AST, key: str, comp: bool):
+        self.node = node
+        self.key = key
+        self.comp = comp
+
+
+class Diff:
+    """`a - b` where one side is a probability: the base of a hand-rolled MSE."""
+
+    __slots__ = ("left", "right")
+
+    def __init__(self, left, right):
+        self.left = left
+        self.right = right
+
+
+class Tup:
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = items
+
+
+class Layer:
+    """Something that returns `ret` when called: an activation module, a
+    Sequential, a Keras functional model."""
+
+    __slots__ = ("ret", "sequential", "activation")
+
+    def __init__(self, ret, sequential: str | None = None, activation: bool = False):
+        self.ret = ret
+        self.sequential = sequential  # qualified name when `.add()` may extend it
+        # An activation module (`nn.Softmax(1)`): calling it *is* the softmax,
+        # so `log(self.softmax(x))` nests the two directly.
+        self.activation = activation
+
+
+class LossObj:
+    """An instance of a loss class (`nn.CrossEntropyLoss()`)."""
+
+    __slots__ = ("spec", "family", "qual")
+
+    def __init__(self, spec: LossSpec, family: str, qual: str):
+        self.spec = spec
+        self.family = family
+        self.qual = qual
