@@ -57,19 +57,23 @@ def decode(data: bytes) -> str:
 
 
 def check_source(source: str, path: str, codes: frozenset[str]) -> list[Diagnostic]:
-    """Check one file's text. Never raises for bad input."""
+    """Check one file's text. Never raises for bad input.
+
+    Every file is parsed, so a syntax error is always reported; the walk is
+    skipped when the text lacks the words every enabled check needs.
+    """
+    try:
+        tree = ast.parse(source, filename=path)
+    except (SyntaxError, ValueError) as exc:
+        return _syntax_error(exc, source, path, codes)
+    except (RecursionError, MemoryError):
+        return _meta(SYNTAX_ERROR.code, "too deeply nested for Python's parser", path, codes)
     checks = [check for check, needs in _plan(codes) if all(r.search(source) for r in needs)]
     if not checks:
         return []
     positions = _Positions(source, path)
     raw: list[tuple[str, ast.AST, str]] = []
     report = lambda code, node, message: raw.append((code, node, message))  # noqa: E731
-    try:
-        tree = ast.parse(source, filename=path)
-    except (SyntaxError, ValueError) as exc:
-        return _syntax_error(exc, source, path, codes)
-    except RecursionError:
-        return _meta(SYNTAX_ERROR.code, "too deeply nested for Python's parser", path, codes)
     instances = [check(report) for check in checks]
     listeners = {ev: [getattr(c, "on_" + ev) for c in instances if hasattr(c, "on_" + ev)] for ev in EVENTS}
     try:

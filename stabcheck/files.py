@@ -103,6 +103,10 @@ def discover(paths: list[str], settings: Settings) -> tuple[list[str], list[str]
                 add(given)
             continue
         top = _repo_root(abspath) or abspath
+        if gitignores is not None and top != abspath and gitignores.ignored(abspath, True, top):
+            # The user named a directory git ignores: check it, applying only
+            # the .gitignore files inside it.
+            top = abspath
         for dirpath, dirnames, filenames in os.walk(given, followlinks=False):
             absdir = os.path.abspath(dirpath)
             keep = []

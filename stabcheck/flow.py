@@ -482,6 +482,10 @@ class Walker:
             val = self.expr(node.operand)
             return val if isinstance(val, LogOf) and isinstance(node.op, ast.USub) else None
         if t in (ast.Tuple, ast.List):
+            data = _numeric_range(node)
+            if data is not None:
+                # Literal data (test fixtures, reference values): its bounds are known.
+                return Guarded(data[0] > 0.0, data[1] < 1.0)
             return Tup([self.expr(e) for e in node.elts])
         if t is ast.Lambda:
             outer = self.scope
@@ -717,6 +721,8 @@ class Walker:
                 for cb in self._square:
                     cb(node, x_node, x_val)
             return None
+        if op == N.WHERE:
+            return Guarded(True, True)
         if op == N.MULTIPLY:
             if len(node.args) == 2:
                 a, b = node.args
@@ -775,6 +781,24 @@ def _family(spec: N.LossSpec, node: ast.Call) -> str:
     if spec.from_logits_family and _kw_true(node, "from_logits"):
         return spec.from_logits_family
     return spec.family
+
+
+def _numeric_range(node) -> tuple[float, float] | None:
+    """(min, max) of a non-empty, possibly nested list of number literals."""
+    lo, hi = float("inf"), float("-inf")
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (ast.List, ast.Tuple)):
+            if not item.elts:
+                return None
+            stack.extend(item.elts)
+            continue
+        v = const_value(item)
+        if v is None:
+            return None
+        lo, hi = min(lo, v), max(hi, v)
+    return lo, hi
 
 
 def _useful_bound(node: ast.AST | None, low: bool) -> bool:

@@ -23,6 +23,7 @@ MAXIMUM = "maximum"  # maximum(x, eps) bounds x from below
 MINIMUM = "minimum"  # minimum(x, 1 - eps) bounds x from above
 SQUARE = "square"
 MULTIPLY = "multiply"
+WHERE = "where"  # where(cond, x, safe): the "double where" guard
 PASSTHROUGH = "passthrough"  # returns its first argument's kind (reshape, cast, ...)
 
 # Probability sources, as the flow analysis names them in messages.
@@ -166,6 +167,8 @@ for _n in _SIGMOID_NAMES:
     FUNCS[_n] = Func(SIGMOID)
 for _n in _SQUARE_NAMES:
     FUNCS[_n] = Func(SQUARE)
+for _n in _expand("{torch,numpy,jax.numpy,tensorflow,keras.ops}.where"):
+    FUNCS[_n] = Func(WHERE)
 for _n in _MULTIPLY_NAMES:
     FUNCS[_n] = Func(MULTIPLY)
 for _n in _PASSTHROUGH_NAMES:
@@ -218,6 +221,10 @@ FUNCTIONAL_MODELS = frozenset({"keras.Model", "keras.models.Model"})
 KERAS_LAYER_PREFIX = "keras.layers."
 KERAS_ACTIVATION_LAYER = "keras.layers.Activation"
 KERAS_DENSE = "keras.layers.Dense"  # Dense(units, activation) also takes it positionally
+# Keras activations cache their logits on the output (`_keras_logits`) and
+# Keras' TensorFlow-backend losses use them, so a Keras loss fed a Keras
+# activation's output is computed from the logits after all.
+KERAS_CACHED_LOGITS = ("keras.activations.", "keras.layers.")
 # Methods of a model object that return what calling it returns.
 PREDICT_METHODS = frozenset({"forward", "call", "predict", "predict_on_batch", "__call__"})
 # Methods that return class probabilities whatever the model is (scikit-learn API).

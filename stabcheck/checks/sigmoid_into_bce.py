@@ -15,9 +15,13 @@ class SigmoidIntoBce(Check):
         if family != N.BCE_PROBS:
             return
         for arg, val in pairs:
-            if isinstance(val, Prob) and val.src == N.SRC_SIGMOID and not val.comp:
-                self.report(
-                    arg,
-                    f"`{short(qual)}` on a sigmoid output{origin(val, arg)}: sigmoid saturates to exactly 0 or 1 "
-                    f"in float32 (1.0 already for x > ~17) and the loss hits log(0); use {N.logits_loss_for(family, qual)} on the logits",
-                )
+            if not (isinstance(val, Prob) and val.src == N.SRC_SIGMOID and not val.comp):
+                continue
+            if qual.startswith("keras.") and (val.qual or "").startswith(N.KERAS_CACHED_LOGITS):
+                continue
+            self.report(
+                arg,
+                f"`{short(qual)}` on a sigmoid output{origin(val, arg)}: sigmoid saturates to exactly 0 or 1 "
+                f"in float32 (1.0 already for x > ~17) and the loss hits log(0); "
+                f"use {N.logits_loss_for(family, qual)} on the logits",
+            )

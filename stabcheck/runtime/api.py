@@ -1,0 +1,172 @@
+"""`stabcheck.trap()`: the runtime trap as a context manager or decorator.
+
+    with stabcheck.trap():                 # stop at the first NaN/Inf
+        train()
+
+    @stabcheck.trap(action="warn", report_json="nan.json")
+    def train(): ...
+
+On exit every global it changed is restored: `nn.Module.__call__`,
+`torch.autograd.backward`, the optimizer step hooks, the torch function and
+dispatch mode stacks, anomaly mode, the RNG state and module buffers touched by
+a replay. Nested traps reuse the outermost one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.util
+import sys
+import threading
+
+from stabcheck.runtime.config import TrapConfig
+
+_lock = threading.RLock()
+_depth = 0
+_trap = None  # the active TorchTrap
+_last_stopped = None  # the report of the last trap that stopped its run
+
+
+def _install(config: TrapConfig):
+    global _trap
+    from stabcheck.runtime import torch_trap
+
+    _trap = torch_trap.activate(config)
+    return _trap
+
+
+def _uninstall(final_check: bool = True) -> None:
+    global _trap, _last_stopped
+    trap = _trap
+    if trap is None:
+        return
+    try:
+        if final_check and trap.stopped is None:
+            trap.final_check()
+    finally:
+        _trap = None
+        trap.uninstall()
+        _last_stopped = trap.stopped
+
+
+def last_stopped():
+    """The report of the last trap that stopped its run (None if none did)."""
+    return _last_stopped
+
+
+def current():
+    """The active TorchTrap, or None."""
+    return _trap
+
+
+class trap(contextlib.ContextDecorator):
+    """Trap the first NaN/Inf in PyTorch code run inside this block.
+
+    action: "stop" (default) raises `stabcheck.runtime.NonFiniteError` (a
+    FloatingPointError) after printing the report; "warn" reports and goes on.
+    report_json: also write the report there. per_op: check every op's output
+    (deferred device-side flags, one host sync per step).
+    """
+
+    def __init__(self, action: str = "stop", report_json: str | None = None, per_op: bool = False,
+                 quiet: bool = False):
+        self.config = TrapConfig(action=action, report_json=report_json, per_op=per_op, quiet=quiet)
+        self._owner = False
+
+    def __enter__(self):
+        global _depth
+        with _lock:
+            _depth += 1
+            if _depth == 1:
+                try:
+                    _install(self.config)
+                except BaseException:
+                    _depth -= 1
+                    raise
+                self._owner = True
+        return _trap
+
+    def __exit__(self, exc_type, exc, tb):
+        global _depth
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and self._owner:
+                self._owner = False
+                # an exception already on its way out (the trap's own included) skips the final check
+                _uninstall(final_check=exc_type is None)
+        return False
+
+    def _recreate_cm(self):  # a fresh context per decorated call
+        return trap(**vars(self.config))
+
+
+# -- `stabcheck run`: install when the script imports torch --------------------
+
+class _TorchImportHook(importlib.abc.MetaPathFinder):
+    """Installs the trap right after `import torch` finishes (torch is never imported early)."""
+
+    def __init__(self, config: TrapConfig):
+        self.config = config
+        self._busy = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "torch" or self._busy:
+            return None
+        self._busy = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = spec.loader
+        original = loader.exec_module
+        hook = self
+
+        def exec_module(module):
+            original(module)
+            hook.remove()
+            start(hook.config)
+
+        loader.exec_module = exec_module
+        return spec
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+_hook: _TorchImportHook | None = None
+
+
+def start(config: TrapConfig) -> None:
+    """Activate the trap now if torch is imported, else as soon as it is."""
+    global _hook, _depth
+    with _lock:
+        if _trap is not None:
+            return
+        if "torch" in sys.modules and hasattr(sys.modules["torch"], "nn"):
+            _depth += 1
+            _install(config)
+        elif _hook is None:
+            _hook = _TorchImportHook(config)
+            sys.meta_path.insert(0, _hook)
+
+
+def stop(final_check: bool = True) -> None:
+    global _hook, _depth
+    with _lock:
+        if _hook is not None:
+            _hook.remove()
+            _hook = None
+        if _trap is not None:
+            _depth = 0
+            _uninstall(final_check)
+
+
+def process_startup() -> None:
+    """Entry point for spawned children: activate from STABCHECK_RUNTIME, if set."""
+    config = TrapConfig.from_env()
+    if config is not None:
+        start(config)

@@ -1,0 +1,150 @@
+"""Run a user's script or module exactly the way `python` would, under the trap.
+
+Same `__main__` (with `__file__`, so `if __name__ == "__main__":` runs and
+classes pickle as `__main__.X`), same `sys.argv` and `sys.path[0]`, the
+script's own stdout/stderr, its exit status; an uncaught exception prints its
+normal traceback (stabcheck's and runpy's frames removed) and exits 1. Spawned
+children (multiprocessing spawn, DataLoader workers, torch.multiprocessing)
+re-import the script as `__mp_main__` as usual and get the trap through the
+STABCHECK_RUNTIME environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import types
+
+import stabcheck
+from stabcheck.runtime import api
+from stabcheck.runtime.config import ENV_VAR, EXIT_TRAPPED, NonFiniteError, TrapConfig
+
+_OWN_DIR = os.path.dirname(stabcheck.__file__) + os.sep
+
+
+def _is_ours(filename: str) -> bool:
+    return filename.startswith(_OWN_DIR) or filename in (runpy.__file__, "<frozen runpy>")
+
+
+def _strip(tb):
+    """The traceback without stabcheck's and runpy's frames."""
+    entries = []
+    while tb is not None:
+        if not _is_ours(tb.tb_frame.f_code.co_filename):
+            entries.append(tb)
+        tb = tb.tb_next
+    new = None
+    for entry in reversed(entries):
+        new = types.TracebackType(new, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return new
+
+
+def _clean(exc: BaseException, seen=None) -> None:
+    seen = seen if seen is not None else set()
+    if exc is None or id(exc) in seen:
+        return
+    seen.add(id(exc))
+    exc.__traceback__ = _strip(exc.__traceback__)
+    _clean(exc.__cause__, seen)
+    _clean(exc.__context__, seen)
+
+
+def _exit_code(code) -> int:
+    """SystemExit.code -> status, as the interpreter does."""
+    if code is None:
+        return 0
+    if isinstance(code, bool):
+        return int(code)
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _patch_spawn() -> None:
+    """Spawned children run `python -c 'from multiprocessing.spawn import spawn_main; ...'`;
+    start the trap there before the child re-imports the script."""
+    import multiprocessing.spawn as spawn
+
+    if getattr(spawn.get_command_line, "_stabcheck", False):
+        return
+    original = spawn.get_command_line
+
+    def get_command_line(**kwds):
+        cmd = original(**kwds)
+        if "-c" in cmd:
+            i = cmd.index("-c") + 1
+            cmd = list(cmd)
+            cmd[i] = ("try:\n import stabcheck.runtime.api as _s; _s.process_startup()\n"
+                      "except Exception:\n pass\n" + cmd[i])
+        return cmd
+
+    get_command_line._stabcheck = True
+    spawn.get_command_line = get_command_line
+
+
+def run(config: TrapConfig, target: str, args: list[str], module: bool = False) -> int:
+    """Run `target` (a path, or a module name with module=True) with `args`; return the exit status."""
+    if not module:
+        path = os.path.abspath(target)
+        if not os.path.exists(path):
+            print(f"stabcheck run: can't open file {path!r}: [Errno 2] No such file or directory", file=sys.stderr)
+            return 2
+    os.environ[ENV_VAR] = config.to_env()
+    _patch_spawn()
+    sys.argv = [target, *args]
+    if not sys.flags.safe_path:
+        entry = os.getcwd() if module else os.path.dirname(os.path.realpath(target))
+        if sys.path:
+            sys.path[0] = entry
+        else:
+            sys.path.insert(0, entry)
+    api.start(config)
+    status = 0
+    try:
+        try:
+            if module:
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(path, run_name="__main__")
+        finally:
+            api.stop(final_check=sys.exc_info()[0] is None)
+    except SystemExit as exc:
+        status = _exit_code(exc.code)
+    except NonFiniteError as exc:
+        status = EXIT_TRAPPED
+        print(f"{exc} -- run stopped (exit status {EXIT_TRAPPED})", file=sys.stderr)
+    except ImportError as exc:
+        if module and _strip(exc.__traceback__) is None:  # raised by runpy itself: no such module
+            print(f"stabcheck run: {exc}", file=sys.stderr)
+            return 1
+        status = _report_exception(exc)
+    except KeyboardInterrupt as exc:
+        _report_exception(exc)
+        status = 130
+    except BaseException as exc:  # noqa: BLE001 - the user's uncaught exception
+        status = _report_exception(exc)
+    trap = api.last_stopped()
+    if status == 0 and trap is not None:
+        status = EXIT_TRAPPED  # the script swallowed the trap's exception: the run still failed
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    return status
+
+
+def _report_exception(exc: BaseException) -> int:
+    _clean(exc)
+    try:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    except Exception:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    return 1

@@ -1,0 +1,895 @@
+"""PyTorch adapter of the runtime trap.
+
+Two tiers (measurements in benchmarks/runtime_overhead.py and the README):
+
+* **Detect (always on, cheap).** Checks the values that a NaN cannot avoid:
+  the output of every loss (nn loss modules and `torch.nn.functional` losses
+  called by the user), every tensor passed to `backward()`, and every gradient
+  just before `optimizer.step()` (a global optimizer step pre-hook: fused
+  `torch._foreach_norm` -> stack -> isfinite, one host sync per step). CPU
+  values are checked at once; values on an accelerator are kept as 0-d device
+  tensors and synced together at the optimizer step, never per op.
+  To be able to localize later, each step records references (no copies) to
+  its top-level module calls (module, inputs, RNG state, caller line) and, while
+  no module is running, the torch calls of the user's own code between the
+  model and `backward()` (a TorchFunctionMode that is active only there).
+* **Localize (on detection).** Parameters and inputs are checked first (a
+  poisoned parameter is named as such). Then the recorded step is replayed
+  (forward, loss and backward, from the same inputs and RNG state) under a
+  TorchDispatchMode that checks every aten op: the producer is the first op
+  whose inputs are finite (NaN-free for a NaN) and whose output is not.
+  Anomaly mode (check_nan=False) is on during the replay's forward so a
+  backward op is traced to the forward op and line that created its node.
+  Global state (RNG, module buffers, anomaly mode, .grad) is restored after.
+
+`per_op=True` adds a continuous TorchDispatchMode that keeps one fp32 sum per
+floating output as a 0-d device tensor and checks them all at the optimizer
+step with a single host sync; it catches values that never reach a loss or a
+gradient, and localizes when the step cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+import stabcheck
+from stabcheck.runtime import hints
+from stabcheck.runtime.config import NonFiniteError, TrapConfig
+from stabcheck.runtime.report import Location, TrapReport, render, write_json
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_OWN_DIR = os.path.dirname(stabcheck.__file__) + os.sep
+_SKIP_FILES = ("contextlib.py", "functools.py")
+MAX_EVENTS = 20000  # per step; beyond this the step is not recorded (replay impossible)
+MAX_FLAGS = 200000  # per-op flags kept before a forced flush
+
+_ORIG_MODULE_CALL = torch.nn.Module.__call__
+_ORIG_BACKWARD = torch.autograd.backward
+
+F = torch.nn.functional
+LOSS_FUNCTIONS = frozenset(
+    getattr(F, name) for name in (
+        "binary_cross_entropy", "binary_cross_entropy_with_logits", "cosine_embedding_loss", "cross_entropy",
+        "ctc_loss", "gaussian_nll_loss", "hinge_embedding_loss", "huber_loss", "kl_div", "l1_loss",
+        "margin_ranking_loss", "mse_loss", "multi_margin_loss", "multilabel_margin_loss",
+        "multilabel_soft_margin_loss", "nll_loss", "poisson_nll_loss", "smooth_l1_loss", "soft_margin_loss",
+        "triplet_margin_loss", "triplet_margin_with_distance_loss",
+    ) if hasattr(F, name)
+)
+
+# aten ops that legitimately write +-inf from finite inputs (attention masks, padding)
+_INF_WRITERS = {"masked_fill", "masked_fill_", "fill", "fill_", "full", "full_like", "new_full", "where",
+                "index_put", "index_put_", "index_fill", "index_fill_", "scatter", "scatter_", "masked_scatter",
+                "masked_scatter_", "copy", "copy_", "_to_copy", "clone", "lift_fresh", "lift_fresh_copy",
+                "scalar_tensor", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "set_"}
+
+
+# ---------------------------------------------------------------------------
+# frames and locations
+
+def _is_internal(filename: str) -> bool:
+    return filename.startswith(_TORCH_DIR) or filename.endswith(_SKIP_FILES) or filename.startswith("<frozen")
+
+
+def _caller(frame, stop_at_own: bool = False):
+    """First frame, from `frame` outwards, outside torch (and outside stabcheck).
+
+    With stop_at_own, reaching stabcheck's own code first means "no user frame
+    in between" (a replayed built-in module) and returns None.
+    """
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_OWN_DIR):
+            if stop_at_own:
+                return None
+        elif not _is_internal(name):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _loc_of(frame) -> Location | None:
+    if frame is None:
+        return None
+    return Location(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+
+
+_TB_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>[^\n]+)')
+
+
+def _loc_from_traceback(lines) -> tuple[Location | None, bool]:
+    """Innermost user frame of an anomaly-mode traceback; (loc, hit_own_code_first)."""
+    frames = _TB_LINE.findall("".join(lines or ()))
+    for filename, line, func in reversed(frames):
+        if filename.startswith(_OWN_DIR):
+            return None, True
+        if not _is_internal(filename):
+            return Location(filename, int(line), func.strip()), False
+    return None, False
+
+
+# ---------------------------------------------------------------------------
+# tensor helpers
+
+def _float_tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.is_floating_point() and not obj.is_sparse else []
+    leaves, _ = tree_flatten(obj)
+    return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_sparse]
+
+
+def _finite_now(t: torch.Tensor) -> bool:
+    if t.numel() == 1:
+        return math.isfinite(t.item())
+    return bool(torch.isfinite(t).all())
+
+
+def _kind(t: torch.Tensor) -> str | None:
+    t = t.detach()
+    if bool(torch.isnan(t).any()):
+        return "nan"
+    if bool((t == math.inf).any()):
+        return "+inf"
+    if bool((t == -math.inf).any()):
+        return "-inf"
+    return None
+
+
+def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
+    t = t.detach()
+    out: dict[str, Any] = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
+                           "device": str(t.device)}
+    if t.is_sparse or t.is_complex() or t.device.type == "meta":
+        return out
+    f = t.float() if (t.is_floating_point() or t.dtype == torch.bool) else t.double()
+    finite = torch.isfinite(f)
+    vals = f[finite]
+    out["min"] = float(vals.min()) if vals.numel() else None
+    out["max"] = float(vals.max()) if vals.numel() else None
+    out["zeros"] = int((f == 0).sum())
+    out["negatives"] = int((f < 0).sum())
+    out["nan"] = int(torch.isnan(f).sum())
+    pinf, ninf = int((f == math.inf).sum()), int((f == -math.inf).sum())
+    out["inf"] = pinf + ninf
+    out["+inf"] = pinf
+    out["-inf"] = ninf
+    return out
+
+
+def _stats_list(values) -> list[dict]:
+    result = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            result.append(tensor_stats(v))
+        elif isinstance(v, (int, float, bool)):
+            result.append({"value": v if not isinstance(v, float) or math.isfinite(v) else str(v)})
+    return result
+
+
+def _op_name(func) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    if hasattr(func, "_schema"):  # OpOverload: aten.log.default
+        return str(func)
+    qual = getattr(func, "__qualname__", name)
+    return qual.replace("_VariableFunctionsClass.", "torch.").replace("TensorBase.", "Tensor.")
+
+
+def _rng_state():
+    state = [torch.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state.append(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _set_rng_state(state) -> None:
+    torch.set_rng_state(state[0])
+    if len(state) > 1:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+# ---------------------------------------------------------------------------
+# recorded step
+
+
+@dataclass
+class ModuleEvent:
+    module: torch.nn.Module
+    args: tuple
+    kwargs: dict
+    rng: list
+    location: Location | None
+    grad_enabled: bool
+    output: Any = None
+
+
+@dataclass
+class OpEvent:
+    func: Any
+    args: tuple
+    kwargs: dict
+    output: Any
+    location: Location | None
+    grad_enabled: bool
+
+
+@dataclass
+class Finding:
+    phase: str
+    op: str | None
+    kind: str
+    location: Location | None
+    module: str | None = None
+    forward: dict | None = None
+    parameter: str | None = None
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    localized: str = "replay"
+
+
+class _Found(Exception):
+    pass
+
+
+class _TailMode(TorchFunctionMode):
+    """Records the user's own torch calls between a module call and backward()."""
+
+    def __init__(self, trap: "TorchTrap"):
+        super().__init__()
+        self.trap = trap
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        out = func(*args, **kwargs)
+        trap = self.trap
+        if trap.depth or trap.busy or not trap.window_open:
+            return out
+        if isinstance(out, torch.Tensor) or (isinstance(out, (tuple, list)) and out
+                                            and isinstance(out[0], torch.Tensor)):
+            if getattr(func, "__name__", "") == "__get__":
+                return out
+            events = trap.events
+            if len(events) < MAX_EVENTS:
+                location = _loc_of(_caller(sys._getframe(1)))
+                events.append(OpEvent(func, args, kwargs, out, location, torch.is_grad_enabled()))
+                if func in LOSS_FUNCTIONS:
+                    trap.check(out, "loss", f"{func.__name__}() returned", location)
+            else:
+                trap.overflowed = True
+        return out
+
+
+class _CheckMode(TorchDispatchMode):
+    """Exact, synchronous per-op check used while replaying a step."""
+
+    def __init__(self, trap: "TorchTrap"):
+        super().__init__()
+        self.trap = trap
+        self.event: Any = None
+        self.event_index = -1
+        self.found: Finding | None = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        if self.found is not None:
+            return func(*args, **kwargs)
+        inputs = _float_tensors((args, kwargs))
+        mutable = func._schema.is_mutable
+        before = [t.detach().clone() for t in inputs] if mutable else inputs
+        out = func(*args, **kwargs)
+        outs = [t for t in _float_tensors(out) if t.numel()]
+        bad = [t for t in outs if not bool(torch.isfinite(t).all())]
+        if not bad:
+            return out
+        out_nan = any(bool(torch.isnan(t).any()) for t in bad)
+        in_nan = any(bool(torch.isnan(t).any()) for t in before)
+        in_inf = any(bool(torch.isinf(t).any()) for t in before)
+        if out_nan and not in_nan:
+            kind = "nan"
+        elif not out_nan and not in_nan and not in_inf and before and hints.base_name(str(func)) not in _INF_WRITERS:
+            kind = _kind(bad[0])
+        else:
+            return out  # propagated, or an intentional inf (mask, fill, constant)
+        if kind == "nan" and not before:
+            return out
+        self.found = self.trap._finding_for_op(func, kind, args, kwargs, before, outs, self)
+        raise _Found()
+
+
+class _FlagMode(TorchDispatchMode):
+    """--per-op: one fp32 sum per floating output, kept on the device, synced once per step."""
+
+    def __init__(self, trap: "TorchTrap"):
+        super().__init__()
+        self.trap = trap
+        self.info: dict[Any, tuple[bool, bool]] = {}
+        self.taint: dict[int, Any] = {}  # id -> weakref of tensors holding intentional +-inf
+
+    def _op_info(self, func):
+        info = self.info.get(func)
+        if info is None:
+            name = hints.base_name(str(func))
+            skip = bool(getattr(func, "is_view", False)) or name in ("detach", "_to_copy", "copy", "copy_", "clone",
+                                                                   "lift_fresh", "lift_fresh_copy", "alias")
+            info = self.info[func] = (skip, name in _INF_WRITERS)
+        return info
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        out = func(*args, **kwargs)
+        trap = self.trap
+        if trap.busy:
+            return out
+        skip, writer = self._op_info(func)
+        taint = self.taint
+        tainted = False
+        if taint:
+            for a in tree_flatten((args, kwargs))[0]:
+                if isinstance(a, torch.Tensor):
+                    ref = taint.get(id(a))
+                    if ref is not None and ref() is a:
+                        tainted = True
+                        break
+        if writer and not tainted:
+            tainted = any(isinstance(a, float) and math.isinf(a) for a in tree_flatten((args, kwargs))[0])
+        outs = _float_tensors(out)
+        if tainted:
+            for o in outs:
+                taint[id(o)] = weakref.ref(o)
+        if skip or not outs:
+            return out
+        flags = trap.flags
+        for o in outs:
+            if not o.numel():
+                continue
+            if tainted:  # only NaN counts downstream of an intentional inf
+                flag = torch.isnan(o).any().logical_not().float().reciprocal()
+            else:
+                flag = o.detach().sum(dtype=torch.float32)
+            flags.append(flag)
+            trap.flag_ops.append((func, _loc_of(_caller(sys._getframe(1))), tuple(trap.mod_stack),
+                                  _node_name()))
+        if len(flags) > MAX_FLAGS:
+            trap.flush(None, "op", "per-op flags")
+        return out
+
+
+def _node_name():
+    node = torch._C._current_autograd_node()
+    return node.name() if node is not None else None
+
+
+def _root_name(module) -> str:
+    for modname in ("__main__", "__mp_main__"):
+        mod = sys.modules.get(modname)
+        if mod is not None:
+            for key, value in vars(mod).items():
+                if value is module and not key.startswith("_"):
+                    return key
+    return type(module).__name__
+
+
+# ---------------------------------------------------------------------------
+# the trap
+
+
+_ACTIVE: "TorchTrap | None" = None
+
+
+def _module_call(self, *args, **kwargs):
+    trap = _ACTIVE
+    if trap is None:
+        return _ORIG_MODULE_CALL(self, *args, **kwargs)
+    if trap.depth or trap.busy:
+        if trap.track_modules:
+            trap.mod_stack.append(self)
+            try:
+                return _ORIG_MODULE_CALL(self, *args, **kwargs)
+            finally:
+                trap.mod_stack.pop()
+        return _ORIG_MODULE_CALL(self, *args, **kwargs)
+    return trap.top_level_call(self, args, kwargs)
+
+
+def _autograd_backward(tensors, *args, **kwargs):
+    trap = _ACTIVE
+    if trap is None or trap.busy:
+        return _ORIG_BACKWARD(tensors, *args, **kwargs)
+    trap.before_backward(tensors, args[0] if args else kwargs.get("grad_tensors"))
+    result = _ORIG_BACKWARD(tensors, *args, **kwargs)
+    trap.after_backward()
+    return result
+
+
+class TorchTrap:
+    def __init__(self, config: TrapConfig):
+        self.config = config
+        self.depth = 0
+        self.busy = 0
+        self.events: list = []
+        self.step_done = False
+        self.overflowed = False
+        self.roots = None
+        self.steps = 0
+        self.backward_calls = 0
+        self.saw_optimizer = False
+        self.pending: list = []  # (value finite iff ok, at, message, location) for accelerator tensors
+        self.flags: list = []
+        self.flag_ops: list = []
+        self.mod_stack: list = []
+        self.track_modules = config.per_op
+        self.window_open = False
+        self.tail_mode = _TailMode(self)
+        self.flag_mode = _FlagMode(self) if config.per_op else None
+        self.handles: list = []
+        self.muted = False
+        self.incidents = 0
+        self.first_report: TrapReport | None = None
+        self.stopped: TrapReport | None = None
+        self.benign: set = set()
+        self.installed = False
+
+    # -- install / uninstall ------------------------------------------------
+    def install(self) -> None:
+        global _ACTIVE
+        if _ACTIVE is not None:
+            raise RuntimeError("a stabcheck trap is already active")
+        _ACTIVE = self
+        torch.nn.Module.__call__ = _module_call
+        torch.autograd.backward = _autograd_backward
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self.handles = [register_optimizer_step_pre_hook(self._pre_step),
+                        register_optimizer_step_post_hook(self._post_step)]
+        if self.flag_mode is not None:
+            self.flag_mode.__enter__()
+        self.installed = True
+
+    def uninstall(self) -> None:
+        global _ACTIVE
+        if not self.installed:
+            return
+        self.installed = False
+        try:
+            self.close_window()
+            if self.flag_mode is not None:
+                try:
+                    self.flag_mode.__exit__(None, None, None)
+                except Exception:
+                    pass
+            for handle in self.handles:
+                handle.remove()
+            self.handles = []
+            torch.nn.Module.__call__ = _ORIG_MODULE_CALL
+            torch.autograd.backward = _ORIG_BACKWARD
+        finally:
+            _ACTIVE = None
+        self.events = []
+
+    def final_check(self) -> None:
+        """Values still pending at the end (no optimizer step after them)."""
+        if self.installed and (self.pending or self.flags):
+            self.flush(None, "exit", "end of run")
+
+    # -- the tail window ----------------------------------------------------
+    def open_window(self) -> None:
+        if not self.window_open:
+            self.tail_mode.__enter__()
+            self.window_open = True
+
+    def close_window(self) -> None:
+        if self.window_open:
+            self.window_open = False
+            from torch.overrides import _get_current_function_mode
+
+            if _get_current_function_mode() is self.tail_mode:
+                self.tail_mode.__exit__(None, None, None)
+
+    # -- boundaries -----------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.steps if self.saw_optimizer else self.backward_calls
+
+    def top_level_call(self, module, args, kwargs):
+        self.close_window()
+        if self.step_done:
+            self.events = []
+            self.roots = None
+            self.step_done = False
+            self.overflowed = False
+        event = ModuleEvent(module, args, kwargs, _rng_state(), _loc_of(_caller(sys._getframe(2))),
+                            torch.is_grad_enabled())
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(event)
+        else:
+            self.overflowed = True
+        self.depth = 1
+        track = self.track_modules
+        if track:
+            self.mod_stack.append(module)
+        try:
+            out = _ORIG_MODULE_CALL(module, *args, **kwargs)
+        finally:
+            self.depth = 0
+            if track:
+                self.mod_stack.pop()
+        event.output = out
+        if isinstance(module, torch.nn.modules.loss._Loss):
+            self.check(out, "loss", f"{type(module).__name__} returned", event.location)
+        self.open_window()
+        return out
+
+    def before_backward(self, tensors, grad_tensors) -> None:
+        roots = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+        if grad_tensors is not None and isinstance(grad_tensors, torch.Tensor):
+            grad_tensors = (grad_tensors,)
+        self.roots = (roots, grad_tensors)
+        self.check(list(roots), "backward", "the tensor passed to backward() is",
+                   _loc_of(_caller(sys._getframe(2))))
+
+    def after_backward(self) -> None:
+        self.backward_calls += 1
+        if not self.saw_optimizer:
+            if self.pending or self.flags:
+                self.flush(None, "backward", "after backward()")
+            self.step_done = True
+
+    def check(self, value, at: str, message: str, location: Location | None) -> None:
+        """Check a boundary value now (CPU) or at the next step flush (accelerator)."""
+        self.busy += 1
+        try:
+            bad = None
+            for t in _float_tensors(value):
+                if t.device.type == "cpu":
+                    if bad is None and not _finite_now(t.detach()):
+                        bad = t
+                elif t.device.type != "meta":
+                    t = t.detach()
+                    flag = (t.reshape(()).float() if t.numel() == 1
+                            else torch.isfinite(t).all().float().reciprocal())
+                    self.pending.append((flag, at, message, location))
+        finally:
+            self.busy -= 1
+        if bad is not None:
+            self.trip(at, f"{message} {_kind(bad)}", location, bad)
+        elif at == "loss" and not self.pending:
+            self.muted = False
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        if self.busy:
+            return
+        self.close_window()
+        self.saw_optimizer = True
+        grads = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is not None and g.layout == torch.strided and g.is_floating_point():
+                    grads.append((p, g))
+        self.flush(grads, "optimizer", f"before {type(optimizer).__name__}.step()", optimizer)
+
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        if self.busy:
+            return
+        self.steps += 1
+        self.step_done = True
+
+    def flush(self, grads, at: str, message: str, optimizer=None) -> None:
+        """One host sync per device: pending boundary values, gradient norms, per-op flags."""
+        pending, self.pending = self.pending, []
+        flags, self.flags = self.flags, []
+        flag_ops, self.flag_ops = self.flag_ops, []
+        grads = grads or []
+        self.busy += 1
+        try:
+            by_device: dict = {}
+            for i, (value, *_rest) in enumerate(pending):
+                by_device.setdefault(value.device, []).append(value)
+            if grads:
+                per_device: dict = {}
+                for _p, g in grads:
+                    per_device.setdefault((g.device, g.dtype), []).append(g)
+                for (device, _dtype), gs in per_device.items():
+                    norms = torch._foreach_norm(gs, math.inf)
+                    by_device.setdefault(device, []).extend(n.float() for n in norms)
+            for value in flags:
+                by_device.setdefault(value.device, []).append(value)
+            ok = True
+            for values in by_device.values():
+                if not bool(torch.isfinite(torch.stack(values)).all()):
+                    ok = False
+                    break
+        finally:
+            self.busy -= 1
+        if ok:
+            if grads:
+                self.muted = False
+            return
+        # something is non-finite: find what, exactly (rare path, syncs freely)
+        for value, p_at, p_message, location in pending:
+            if not math.isfinite(float(value)):
+                what = "nan" if math.isnan(float(value)) else ("+inf" if float(value) > 0 else "-inf")
+                self.trip(p_at, f"{p_message} {what}", location, None, kind_hint=what)
+                return
+        for p, g in grads:
+            if not bool(torch.isfinite(g).all()):
+                name = self._param_name(p) or "a parameter"
+                self.trip(at, f"the gradient of {name} is {_kind(g)} {message}",
+                          _loc_of(_caller(sys._getframe(1))), g, optimizer=optimizer)
+                return
+        for i, value in enumerate(flags):
+            v = float(value)
+            if not math.isfinite(v):
+                func, location, mods, node = flag_ops[i]
+                key = (str(func), location.filename if location else None, location.line if location else None)
+                if key in self.benign:
+                    continue
+                kind = "nan" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
+                self.trip("op", f"{func} output is {kind} (per-op check)", location, None, kind_hint=kind,
+                          flag_record=(func, location, mods, node, kind), benign_key=key)
+                return
+
+    # -- localization ---------------------------------------------------------
+    def _param_name(self, param) -> str | None:
+        seen = set()
+        for event in self.events:
+            if isinstance(event, ModuleEvent) and id(event.module) not in seen:
+                seen.add(id(event.module))
+                for name, p in event.module.named_parameters():
+                    if p is param:
+                        return f"{_root_name(event.module)}.{name}"
+        return None
+
+    def _module_path(self, module) -> str | None:
+        for event in self.events:
+            if isinstance(event, ModuleEvent):
+                for name, sub in event.module.named_modules():
+                    if sub is module:
+                        root = _root_name(event.module)
+                        return f"{root}.{name}" if name else root
+        return None
+
+    def _finding_for_op(self, func, kind, args, kwargs, inputs, outs, check: _CheckMode) -> Finding:
+        node = torch._C._current_autograd_node()
+        event = check.event
+        module = self._module_path(self.mod_stack[-1]) if self.mod_stack else None
+        values = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, (torch.Tensor, int, float))
+                  and not isinstance(a, bool)]
+        input_stats = _stats_list(inputs if func._schema.is_mutable else values)
+        if node is None:
+            location = _loc_of(_caller(sys._getframe(2), stop_at_own=True))
+            if location is None and event is not None:
+                location = event.location
+            return Finding("forward", str(func), kind, location, module, None, None, input_stats,
+                           _stats_list(outs))
+        metadata = node.metadata
+        index = metadata.get("stabcheck_event")
+        fwd_event = self.events[index] if index is not None and index < len(self.events) else None
+        fwd_loc, own = _loc_from_traceback(metadata.get("traceback_"))
+        if fwd_loc is None and fwd_event is not None:
+            fwd_loc = fwd_event.location
+        if module is None and isinstance(fwd_event, ModuleEvent):
+            module = self._module_path(fwd_event.module)
+        node_name = node.name()
+        forward = {"op": hints.base_name(node_name), "node": node_name,
+                   "location": vars(fwd_loc) if fwd_loc else None}
+        return Finding("backward", str(func), kind, fwd_loc, module, forward, None, input_stats, _stats_list(outs))
+
+    def _check_state(self, optimizer=None) -> Finding | None:
+        """Parameters and inputs that are already non-finite (named as such, not blamed on an op)."""
+        seen: set = set()
+        produced: set = set()
+        for event in self.events:
+            if isinstance(event, ModuleEvent):
+                root = _root_name(event.module)
+                for name, p in event.module.named_parameters():
+                    if id(p) in seen:
+                        continue
+                    seen.add(id(p))
+                    if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                        owner = name.rsplit(".", 1)[0] if "." in name else ""
+                        return Finding("parameter", None, _kind(p), event.location,
+                                       f"{root}.{owner}" if owner else root, None, f"{root}.{name}",
+                                       [], [tensor_stats(p)], "replay")
+            for t in _float_tensors((event.args, event.kwargs)):
+                if id(t) not in produced and not bool(torch.isfinite(t).all()):
+                    return Finding("input", None, _kind(t), event.location, None, None, None,
+                                   [tensor_stats(t)], [], "replay")
+            for t in _float_tensors(event.output):
+                produced.add(id(t))
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if id(p) not in seen and p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                        return Finding("parameter", None, _kind(p), None, None, None, "optimizer parameter",
+                                       [], [tensor_stats(p)], "replay")
+        return None
+
+    def _replay(self, detected_at: str) -> Finding | None:
+        if not self.events or self.overflowed:
+            return None
+        events = self.events
+        rng = _rng_state()
+        modules = {id(e.module): e.module for e in events if isinstance(e, ModuleEvent)}
+        buffers = [(b, b.detach().clone()) for m in modules.values() for b in m.buffers()]
+        grads = {}
+        for m in modules.values():
+            for p in m.parameters():
+                grads[id(p)] = (p, p.grad)
+        mapping: dict[int, torch.Tensor] = {}
+        keep: list = []
+        check = _CheckMode(self)
+        saved_stack, saved_track = self.mod_stack, self.track_modules
+        self.mod_stack, self.track_modules = [], True
+
+        def sub(x):
+            return mapping.get(id(x), x) if isinstance(x, torch.Tensor) else x
+
+        try:
+            with torch.autograd.set_detect_anomaly(True, check_nan=False):
+                for index, event in enumerate(events):
+                    check.event, check.event_index = event, index
+                    args, kwargs = tree_map(sub, event.args), tree_map(sub, event.kwargs)
+                    with torch.set_grad_enabled(event.grad_enabled):
+                        if isinstance(event, ModuleEvent):
+                            _set_rng_state(event.rng)
+                            with check:
+                                out = event.module(*args, **kwargs)
+                        else:
+                            name = getattr(event.func, "__name__", "")
+                            if name.endswith("_") and not name.endswith("__") or name.startswith("__i"):
+                                args = tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor)
+                                                and id(x) not in {id(v) for v in mapping.values()} else x, args)
+                            with check:
+                                out = event.func(*args, **kwargs)
+                    keep.append(out)
+                    _tag_nodes(out, index)
+                    orig_leaves, _ = tree_flatten(event.output)
+                    new_leaves, _ = tree_flatten(out)
+                    for a, b in zip(orig_leaves, new_leaves):
+                        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                            mapping[id(a)] = b
+            if check.found is None and self.roots is not None:
+                roots, grad_tensors = self.roots
+                replayed = [mapping.get(id(r)) for r in roots]
+                if all(r is not None and r.requires_grad for r in replayed):
+                    leaves = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+                    for event in events:
+                        for t in _float_tensors((event.args, event.kwargs)):
+                            if t.requires_grad and t.is_leaf and id(t) not in mapping:
+                                leaves.append(t)
+                    leaves = list({id(t): t for t in leaves}.values())
+                    if leaves:
+                        check.event = None
+                        with check:
+                            torch.autograd.grad(replayed, leaves, grad_outputs=grad_tensors, allow_unused=True)
+        except _Found:
+            pass
+        except Exception as exc:  # the replay itself failed: report what the detector saw
+            if check.found is None:
+                self.replay_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.mod_stack, self.track_modules = saved_stack, saved_track
+            _set_rng_state(rng)
+            with torch.no_grad():
+                for buf, copy in buffers:
+                    if buf.shape == copy.shape:
+                        buf.copy_(copy)
+            for p, g in grads.values():
+                p.grad = g
+        return check.found
+
+    def _localize(self, detected: dict, value, optimizer=None, flag_record=None) -> Finding | None:
+        self.replay_error = None
+        finding = self._check_state(optimizer)
+        if finding is None:
+            finding = self._replay(detected["at"])
+        if finding is None and flag_record is not None:
+            func, location, mods, node, kind = flag_record
+            module = self._module_path(mods[-1]) if mods else None
+            phase = "backward" if node else ("optimizer" if detected.get("at") == "optimizer" else "forward")
+            forward = {"op": hints.base_name(node), "node": node, "location": None} if node else None
+            finding = Finding(phase, str(func), kind, location, module, forward, None, [], [], "per-op")
+        return finding
+
+    # -- reporting ------------------------------------------------------------
+    def trip(self, at: str, message: str, location: Location | None, value=None, *, kind_hint=None,
+             optimizer=None, flag_record=None, benign_key=None) -> None:
+        if self.muted or self.busy:
+            return
+        self.close_window()
+        detected = {"at": at, "message": message, "location": vars(location) if location else None}
+        self.busy += 1
+        try:
+            finding = self._localize(detected, value, optimizer, flag_record)
+        finally:
+            self.busy -= 1
+        if finding is None and at == "op" and benign_key is not None and not self.overflowed and self.events:
+            # the per-op flag fired but an exact replay of the step found no producer:
+            # an intentional inf (e.g. a mask created before the trap) -- remember and stay silent
+            self.benign.add(benign_key)
+            return
+        report = self._make_report(detected, finding, value, kind_hint)
+        self.emit(report)
+
+    def _make_report(self, detected, finding: Finding | None, value, kind_hint) -> TrapReport:
+        rank = os.environ.get("RANK")
+        if finding is None:
+            kind = kind_hint or (_kind(value) if isinstance(value, torch.Tensor) else None) or "nan"
+            loc = detected.get("location")
+            note = "replay did not reproduce" if self.events and not self.overflowed else "step could not be replayed"
+            if self.replay_error:
+                note = f"replay failed ({self.replay_error})"
+            detected = dict(detected, message=f"{detected['message']}; {note}")
+            rule, hint = None, hints.UNLOCALIZED_HINT
+            report = TrapReport(phase="unknown", kind=kind, location=Location(**loc) if loc else None,
+                                outputs=[tensor_stats(value)] if isinstance(value, torch.Tensor) else [],
+                                hint=hint, rule=rule, detected=detected, localized="no")
+        else:
+            forward_op = finding.forward.get("op") if finding.forward else None
+            rule, hint = hints.lookup(finding.phase, finding.op, forward_op)
+            report = TrapReport(phase=finding.phase, kind=finding.kind, op=finding.op, location=finding.location,
+                                module=finding.module, forward=finding.forward, parameter=finding.parameter,
+                                inputs=finding.inputs, outputs=finding.outputs, hint=hint, rule=rule,
+                                detected=detected, localized=finding.localized)
+        report.step = self.step
+        report.rank = int(rank) if rank and rank.isdigit() else None
+        report.status = "trapped" if self.config.action == "stop" else "warned"
+        return report
+
+    def emit(self, report: TrapReport) -> None:
+        self.incidents += 1
+        self.muted = True
+        if self.first_report is None:
+            self.first_report = report
+            if self.config.report_json:
+                world = os.environ.get("WORLD_SIZE")
+                try:
+                    write_json(report, self.config.report_json, int(world) if world and world.isdigit() else None)
+                except OSError as exc:
+                    print(f"stabcheck: cannot write {self.config.report_json}: {exc}", file=sys.stderr)
+        if not self.config.quiet:
+            render(report)
+        if self.config.action == "stop":
+            self.stopped = report
+            raise NonFiniteError(f"stabcheck: {report.headline()}", report)
+
+
+def _tag_nodes(out, index: int) -> None:
+    """Mark the autograd nodes created by replayed event `index` (backward ops -> forward line)."""
+    stack = [t.grad_fn for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        metadata = node.metadata
+        if "stabcheck_event" in metadata:
+            continue
+        metadata["stabcheck_event"] = index
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+
+
+# ---------------------------------------------------------------------------
+# module-level entry points used by api.py / runner.py
+
+def activate(config: TrapConfig) -> TorchTrap:
+    trap = TorchTrap(config)
+    trap.install()
+    return trap
+
+
+def active() -> TorchTrap | None:
+    return _ACTIVE
