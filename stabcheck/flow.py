@@ -597,9 +597,12 @@ class Walker:
         func = node.func
         if isinstance(func, ast.Attribute):
             recv = self.expr(func.value)
-            if not isinstance(recv, Qual):
+            if isinstance(recv, Qual):
+                callee = Qual(N.canonical(f"{recv.name}.{func.attr}"))
+            elif isinstance(recv, Instance) and func.attr in recv.cls.attrs:
+                callee = recv.cls.attrs[func.attr]  # `self.main(x)`, `self.criterion(out, y)`
+            else:
                 return self._method(node, func, recv, self._args(node))
-            callee = Qual(N.canonical(f"{recv.name}.{func.attr}"))
         else:
             callee = self.expr(func)
         vals = self._args(node)
@@ -657,6 +660,8 @@ class Walker:
 
     def _method(self, node: ast.Call, func: ast.Attribute, recv, vals: dict):
         name = func.attr
+        if name in N.MODULE_SELF_METHODS and isinstance(recv, (Instance, Layer, LossObj)):
+            return recv  # `Net().to(device)`, `model.eval()`
         if isinstance(recv, Instance):
             if name in N.PROBA_METHODS:
                 return Prob(N.SRC_PROBA, node)

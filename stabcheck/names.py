@@ -69,15 +69,14 @@ def canonical(qualname: str) -> str:
 
 
 def _expand(*patterns: str) -> list[str]:
-    """`"torch.{log,log2}"` -> `["torch.log", "torch.log2"]` (one brace group)."""
+    """`"{torch,numpy}.{log,log2}"` -> `["torch.log", "torch.log2", "numpy.log", "numpy.log2"]`."""
     out = []
     for pat in patterns:
         m = re.search(r"\{([^}]*)\}", pat)
         if not m:
             out.append(pat)
             continue
-        for alt in m.group(1).split(","):
-            out.append(pat[: m.start()] + alt + pat[m.end() :])
+        out.extend(_expand(*(pat[: m.start()] + alt + pat[m.end() :] for alt in m.group(1).split(","))))
     return out
 
 
@@ -227,6 +226,8 @@ KERAS_DENSE = "keras.layers.Dense"  # Dense(units, activation) also takes it pos
 KERAS_CACHED_LOGITS = ("keras.activations.", "keras.layers.")
 # Methods of a model object that return what calling it returns.
 PREDICT_METHODS = frozenset({"forward", "call", "predict", "predict_on_batch", "__call__"})
+# Module methods that return the module itself.
+MODULE_SELF_METHODS = frozenset({"to", "cuda", "cpu", "eval", "train", "float", "double", "half", "requires_grad_", "to_empty"})
 # Methods that return class probabilities whatever the model is (scikit-learn API).
 PROBA_METHODS = frozenset({"predict_proba"})
 

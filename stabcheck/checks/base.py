@@ -39,7 +39,8 @@ def origin(prob: Prob, at: ast.AST) -> str:
 
 
 def describe(prob: Prob) -> str:
-    what = "predict_proba output" if prob.src == "predict_proba" else f"{prob.src} output"
+    """`a softmax output`, `1 - a sigmoid output`."""
+    what = f"a {prob.src} output"
     return f"1 - {what}" if prob.comp else what
 
 

@@ -32,7 +32,7 @@ class MseOnProbabilities(Check):
     def _flag(self, node, prob, what):
         self.report(
             node,
-            f"{what} on a {describe(prob)}{origin(prob, node)}: its gradient vanishes as the softmax saturates; "
+            f"{what} on {describe(prob)}{origin(prob, node)}: its gradient vanishes as the softmax saturates; "
             "use cross-entropy on the logits",
         )
 

@@ -34,7 +34,7 @@ class UnguardedLogOfProbability(Check):
         edge = "1" if x_val.comp else "0"
         self.report(
             node,
-            f"unguarded log of a {describe(x_val)}{origin(x_val, node)}: -inf and a NaN gradient "
+            f"unguarded log of {describe(x_val)}{origin(x_val, node)}: -inf and a NaN gradient "
             f"once the probability reaches exactly {edge}; {_fix(x_val)}",
         )
 
