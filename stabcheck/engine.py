@@ -154,6 +154,11 @@ def _syntax_error(exc: Exception, source: str, path: str, codes) -> list[Diagnos
 
 
 def _decode_reason(exc: Exception, data: bytes) -> str:
+    if isinstance(exc, SyntaxError):  # detect_encoding: bad bytes in the first two lines
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as utf8_exc:
+            exc = utf8_exc
     if isinstance(exc, UnicodeDecodeError):
         row = data.count(b"\n", 0, exc.start) + 1
         return f"invalid {exc.encoding} byte 0x{data[exc.start]:02x} at line {row}"

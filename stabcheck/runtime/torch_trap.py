@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -56,6 +56,7 @@ MAX_FLAGS = 200000  # per-op flags kept before a forced flush
 
 _ORIG_MODULE_CALL = torch.nn.Module.__call__
 _ORIG_BACKWARD = torch.autograd.backward
+_LOSS_MODULE = torch.nn.modules.loss._Loss
 
 F = torch.nn.functional
 LOSS_FUNCTIONS = frozenset(
@@ -493,8 +494,6 @@ class TorchTrap:
     def close_window(self) -> None:
         if self.window_open:
             self.window_open = False
-            from torch.overrides import _get_current_function_mode
-
             if _get_current_function_mode() is self.tail_mode:
                 self.tail_mode.__exit__(None, None, None)
 
@@ -527,9 +526,11 @@ class TorchTrap:
             if track:
                 self.mod_stack.pop()
         event.output = out
-        if isinstance(module, torch.nn.modules.loss._Loss):
+        if isinstance(module, _LOSS_MODULE):
+            # the step's loss is known: no need to record the user's code until the next module call
             self.check(out, "loss", f"{type(module).__name__} returned", event.location)
-        self.open_window()
+        else:
+            self.open_window()
         return out
 
     def before_backward(self, tensors, grad_tensors) -> None:
@@ -603,7 +604,7 @@ class TorchTrap:
                 for _p, g in grads:
                     per_device.setdefault((g.device, g.dtype), []).append(g)
                 for (device, _dtype), gs in per_device.items():
-                    norms = torch._foreach_norm(gs, math.inf)
+                    norms = torch._foreach_norm(gs)  # L2: fused; ord=inf is 20x slower on CPU
                     by_device.setdefault(device, []).extend(n.float() for n in norms)
             for value in flags:
                 by_device.setdefault(value.device, []).append(value)
