@@ -1,9 +1,12 @@
 """Files -> parse once -> every enabled check in one walk -> diagnostics.
 
-Per file: read bytes, decode as Python does (BOM, coding cookie), skip the
-parse when the text lacks every word an enabled check needs, parse with
+Per file: read bytes, decode as Python does (BOM, coding cookie), parse with
 `ast`, walk once, drop suppressed findings. Problems with a file become
 STB9xx diagnostics for that file; the other files are still checked.
+
+There is no text prefilter: measured on keras/src, searching each file for
+the checks' trigger words cost as much as walking every file (0.65 s vs
+0.72 s), and every file has to be parsed anyway to report syntax errors.
 """
 
 from __future__ import annotations
@@ -35,20 +38,6 @@ class FileJob:
     codes: frozenset[str]  # enabled for this file (after per-file ignores)
 
 
-_prefilter_cache: dict[frozenset, tuple] = {}
-
-
-def _plan(codes: frozenset[str]):
-    """Enabled checks with their compiled prefilter patterns (cached per code set)."""
-    plan = _prefilter_cache.get(codes)
-    if plan is None:
-        plan = tuple(
-            (check, tuple(re.compile(r) for r in check.requires)) for check in CHECKS if check.code in codes
-        )
-        _prefilter_cache[codes] = plan
-    return plan
-
-
 def decode(data: bytes) -> str:
     """Decode source bytes the way the interpreter does."""
     encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
@@ -57,18 +46,14 @@ def decode(data: bytes) -> str:
 
 
 def check_source(source: str, path: str, codes: frozenset[str]) -> list[Diagnostic]:
-    """Check one file's text. Never raises for bad input.
-
-    Every file is parsed, so a syntax error is always reported; the walk is
-    skipped when the text lacks the words every enabled check needs.
-    """
+    """Check one file's text. Never raises for bad input."""
     try:
         tree = ast.parse(source, filename=path)
     except (SyntaxError, ValueError) as exc:
         return _syntax_error(exc, source, path, codes)
     except (RecursionError, MemoryError):
         return _meta(SYNTAX_ERROR.code, "too deeply nested for Python's parser", path, codes)
-    checks = [check for check, needs in _plan(codes) if all(r.search(source) for r in needs)]
+    checks = [check for check in CHECKS if check.code in codes]
     if not checks:
         return []
     positions = _Positions(source, path)

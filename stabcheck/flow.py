@@ -790,6 +790,9 @@ def _family(spec: N.LossSpec, node: ast.Call) -> str:
 
 def _numeric_range(node) -> tuple[float, float] | None:
     """(min, max) of a non-empty, possibly nested list of number literals."""
+    first = node.elts[0] if node.elts else None
+    if not isinstance(first, (ast.Constant, ast.UnaryOp, ast.List, ast.Tuple)):
+        return None
     lo, hi = float("inf"), float("-inf")
     stack = [node]
     while stack:

@@ -61,11 +61,19 @@ _CANONICAL_PREFIXES = (
 )
 
 
+_canonical_cache: dict[str, str] = {}
+
+
 def canonical(qualname: str) -> str:
-    for prefix, repl in _CANONICAL_PREFIXES:
-        if qualname.startswith(prefix):
-            return repl + qualname[len(prefix) :]
-    return qualname
+    out = _canonical_cache.get(qualname)
+    if out is None:
+        out = qualname
+        for prefix, repl in _CANONICAL_PREFIXES:
+            if qualname.startswith(prefix):
+                out = repl + qualname[len(prefix) :]
+                break
+        _canonical_cache[qualname] = out
+    return out
 
 
 def _expand(*patterns: str) -> list[str]:
@@ -341,11 +349,3 @@ def logits_loss_for(family: str, qualname: str | None) -> str:
             return "tf.nn.sigmoid_cross_entropy_with_logits"
         return "the same loss with from_logits=True"
     return "a loss on logits"
-
-
-# Words whose presence in a file is necessary for any finding of the given
-# operation: the cheap text prefilter each check declares its needs from.
-TRIGGER_WORDS = {
-    LOG: r"\blog(?:2|10)?\b",
-    "probability": r"softmax|sigmoid|expit|_proba\b",
-}

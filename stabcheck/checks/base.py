@@ -15,9 +15,6 @@ class Check:
     code: str = ""
     slug: str = ""
     summary: str = ""  # one line, for `stabcheck rules`
-    # Regular expressions that must ALL occur in a file's text for this check
-    # to possibly fire: the cheap prefilter that skips parsing.
-    requires: tuple[str, ...] = ()
 
     def __init__(self, report: Report):
         self._report = report

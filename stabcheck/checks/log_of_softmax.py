@@ -21,7 +21,6 @@ class LogOfSoftmax(Check):
     code = "STB001"
     slug = "log-of-softmax"
     summary = "log(softmax(x)) is -inf once a probability underflows: use log_softmax"
-    requires = (N.TRIGGER_WORDS[N.LOG], r"(?i)softmax")
 
     def on_log(self, node, x_node, x_val):
         if is_direct_softmax(x_node, x_val):

@@ -27,7 +27,6 @@ class MseOnProbabilities(Check):
     code = "STB104"
     slug = "mse-on-probabilities"
     summary = "mean squared error on softmax outputs: gradients vanish as they saturate; use cross-entropy on logits"
-    requires = (r"(?i)softmax|_proba\b",)
 
     def _flag(self, node, prob, what):
         self.report(

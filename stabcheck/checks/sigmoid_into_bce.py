@@ -9,7 +9,6 @@ class SigmoidIntoBce(Check):
     code = "STB102"
     slug = "sigmoid-into-bce"
     summary = "binary cross-entropy on a sigmoid output: use the with-logits form"
-    requires = (r"(?i)sigmoid|expit",)
 
     def on_loss(self, node, spec, family, qual, pairs):
         if family != N.BCE_PROBS:
@@ -22,6 +21,6 @@ class SigmoidIntoBce(Check):
             self.report(
                 arg,
                 f"`{short(qual)}` on a sigmoid output{origin(val, arg)}: sigmoid saturates to exactly 0 or 1 "
-                f"in float32 (1.0 already for x > ~17) and the loss hits log(0); "
+                f"in float32 (1.0 already for x > ~16.6) and the loss hits log(0); "
                 f"use {N.logits_loss_for(family, qual)} on the logits",
             )

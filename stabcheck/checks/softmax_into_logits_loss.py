@@ -9,7 +9,6 @@ class SoftmaxIntoLogitsLoss(Check):
     code = "STB101"
     slug = "softmax-into-logits-loss"
     summary = "softmax output passed to a loss that applies its own softmax: pass the logits"
-    requires = (r"(?i)softmax",)
 
     def on_loss(self, node, spec, family, qual, pairs):
         if family != N.SOFTMAX_LOGITS:

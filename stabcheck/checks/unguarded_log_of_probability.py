@@ -22,7 +22,6 @@ class UnguardedLogOfProbability(Check):
     code = "STB002"
     slug = "unguarded-log-of-probability"
     summary = "log(p) or log(1 - p) of a probability with no guard: -inf and NaN gradients at 0 or 1"
-    requires = (N.TRIGGER_WORDS[N.LOG],)
 
     def __init__(self, report):
         super().__init__(report)
