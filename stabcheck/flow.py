@@ -402,6 +402,10 @@ class Walker:
         scope.returns = []
         for default in (*node.args.defaults, *[d for d in node.args.kw_defaults if d is not None]):
             self.expr(default)
+        args = node.args
+        for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg):
+            if a is not None:
+                scope.vars[a.arg] = None  # parameters shadow outer names: unknown
         if self_name:
             scope.vars[self_name] = Instance(info.cls)
         self.scope = scope
@@ -454,6 +458,13 @@ class Walker:
         info = cls.methods.get(method)
         return self._summary(info) if info is not None else None
 
+    def _function_scope(self) -> Scope:
+        """The innermost function (or module) scope, past comprehensions and lambdas."""
+        scope = self.scope
+        while scope.returns is None and scope.parent is not None:
+            scope = scope.parent
+        return scope
+
     # ------------------------------------------------------------ expressions
     def expr(self, node: ast.AST | None):
         if node is None:
@@ -490,6 +501,8 @@ class Walker:
         if t is ast.Lambda:
             outer = self.scope
             self.scope = Scope(outer)
+            for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs):
+                self.scope.vars[a.arg] = None
             try:
                 self.expr(node.body)
             finally:
@@ -764,7 +777,7 @@ class Walker:
         if isinstance(inner, (ast.Name, ast.Attribute, ast.Subscript)):
             key = base_key(inner)
             if key is not None:
-                return LogOf(node, key, comp)
+                return LogOf(node, key, comp, id(self._function_scope()))
         return None
 
     def _emit_loss(self, node: ast.Call, spec: N.LossSpec, family: str, qual: str, vals: dict) -> None:

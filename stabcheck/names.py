@@ -349,3 +349,16 @@ def logits_loss_for(family: str, qualname: str | None) -> str:
             return "tf.nn.sigmoid_cross_entropy_with_logits"
         return "the same loss with from_logits=True"
     return "a loss on logits"
+
+
+# Names that hold labels: in `y * log(p)` they mark a hand-rolled
+# cross-entropy even when nothing is known about `p`.
+LABEL_NAME = re.compile(r"^(?:y|t|gt)(?:_\w*)?$|^y\d+$|label|target|onehot|one_hot|truth", re.I)
+NOT_LABEL_NAME = re.compile(r"pred|prob|hat|logit|out|score", re.I)
+
+
+def is_label_name(key: str | None) -> bool:
+    if not key:
+        return False
+    last = key.rsplit(".", 1)[-1]
+    return bool(LABEL_NAME.search(last)) and not NOT_LABEL_NAME.search(last)

@@ -59,16 +59,17 @@ class Guarded:
 class LogOf:
     """`log(p)` / `log(1 - p)` of a bare value of unknown origin, unguarded.
 
-    Harmless alone; a finding once it is multiplied by a different value,
-    the shape of a hand-rolled cross-entropy (`y * log(p)`).
+    Harmless alone; a finding once it takes the shape of a hand-rolled
+    cross-entropy (`y * log(p)`, `(1 - y) * log(1 - p)`).
     """
 
-    __slots__ = ("node", "key", "comp")
+    __slots__ = ("node", "key", "comp", "scope")
 
-    def __init__(self, node: ast.AST, key: str, comp: bool):
+    def __init__(self, node: ast.AST, key: str, comp: bool, scope: int):
         self.node = node
         self.key = key
         self.comp = comp
+        self.scope = scope  # the function it was taken in
 
 
 class Diff:

@@ -26,6 +26,8 @@ class UnguardedLogOfProbability(Check):
     def __init__(self, report):
         super().__init__(report)
         self._fired: set[int] = set()
+        # (function, variable) -> the unguarded logs of it already multiplied.
+        self._products: dict[tuple[int, str], dict[int, LogOf]] = {}
 
     def on_log(self, node, x_node, x_val):
         if not isinstance(x_val, Prob) or x_val.lo or is_direct_softmax(x_node, x_val):
@@ -38,22 +40,37 @@ class UnguardedLogOfProbability(Check):
         )
 
     def on_mult(self, node, left, right, lval, rval):
-        # `y * log(p)`: the hand-rolled cross-entropy shape, even when `p` is a
-        # parameter of unknown origin. `p * log(p)` (entropy) and constant
-        # factors are not that shape.
+        # The hand-rolled cross-entropy shape, even when `p` is a parameter of
+        # unknown origin: `y * log(p)` with a label-like `y`, or the binary
+        # pair `... * log(p)` and `... * log(1 - p)` in one function. Entropy
+        # (`p * log(p)`), constant factors and density formulas
+        # (`alpha * log(rate)`) are not that shape.
         for log_val, other, other_val in ((lval, right, rval), (rval, left, lval)):
             if not isinstance(log_val, LogOf) or id(log_val.node) in self._fired:
                 continue
             if const_value(other) is not None or isinstance(other_val, LogOf):
                 continue
-            if base_key(other) == log_val.key:
+            other_key = base_key(other)
+            if other_key == log_val.key:
                 continue
-            self._fired.add(id(log_val.node))
-            p = log_val.key
-            what = f"1 - {p}" if log_val.comp else p
-            edge = "1" if log_val.comp else "0"
-            self.report(
-                log_val.node,
-                f"hand-rolled cross-entropy takes an unguarded log({what}): -inf and a NaN gradient once "
-                f"`{p}` reaches exactly {edge}; clip `{p}` to [eps, 1 - eps] or use a with-logits loss",
-            )
+            pair = (log_val.scope, log_val.key)
+            seen = self._products.setdefault(pair, {})
+            seen[id(log_val.node)] = log_val
+            if N.is_label_name(other_key):
+                self._fire(log_val)
+            if len({v.comp for v in seen.values()}) == 2:
+                for pending in seen.values():
+                    self._fire(pending)
+
+    def _fire(self, log_val: LogOf) -> None:
+        if id(log_val.node) in self._fired:
+            return
+        self._fired.add(id(log_val.node))
+        p = log_val.key
+        what = f"1 - {p}" if log_val.comp else p
+        edge = "1" if log_val.comp else "0"
+        self.report(
+            log_val.node,
+            f"hand-rolled cross-entropy takes an unguarded log({what}): -inf and a NaN gradient once "
+            f"`{p}` reaches exactly {edge}; clip `{p}` to [eps, 1 - eps] or use a with-logits loss",
+        )
