@@ -126,6 +126,8 @@ def _loc_from_traceback(lines) -> tuple[Location | None, bool]:
 def _float_tensors(obj) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj] if obj.is_floating_point() and not obj.is_sparse else []
+    if type(obj) in (list, tuple) and all(type(t) is torch.Tensor for t in obj):
+        return [t for t in obj if t.is_floating_point() and not t.is_sparse]
     leaves, _ = tree_flatten(obj)
     return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_sparse]
 
@@ -186,9 +188,12 @@ def _op_name(func) -> str:
     return qual.replace("_VariableFunctionsClass.", "torch.").replace("TensorBase.", "Tensor.")
 
 
+_HAS_CUDA = torch.cuda.is_available()
+
+
 def _rng_state():
     state = [torch.get_rng_state()]
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _HAS_CUDA and torch.cuda.is_initialized():
         state.append(torch.cuda.get_rng_state_all())
     return state
 
@@ -203,25 +208,38 @@ def _set_rng_state(state) -> None:
 # recorded step
 
 
-@dataclass
 class ModuleEvent:
-    module: torch.nn.Module
-    args: tuple
-    kwargs: dict
-    rng: list
-    location: Location | None
-    grad_enabled: bool
-    output: Any = None
+    """A top-level module call of the current step (references only, no copies)."""
+
+    __slots__ = ("module", "args", "kwargs", "rng", "where", "grad_enabled", "output")
+
+    def __init__(self, module, args, kwargs, rng, where, grad_enabled):
+        self.module, self.args, self.kwargs, self.rng = module, args, kwargs, rng
+        self.where, self.grad_enabled, self.output = where, grad_enabled, None
+
+    @property
+    def location(self) -> Location | None:
+        return Location(*self.where) if self.where else None
 
 
-@dataclass
 class OpEvent:
-    func: Any
-    args: tuple
-    kwargs: dict
-    output: Any
-    location: Location | None
-    grad_enabled: bool
+    """A torch call of the user's own code between module calls and backward()."""
+
+    __slots__ = ("func", "args", "kwargs", "output", "where", "grad_enabled")
+
+    def __init__(self, func, args, kwargs, output, where, grad_enabled):
+        self.func, self.args, self.kwargs, self.output = func, args, kwargs, output
+        self.where, self.grad_enabled = where, grad_enabled
+
+    @property
+    def location(self) -> Location | None:
+        return Location(*self.where) if self.where else None
+
+
+def _where(frame):
+    """(filename, line, function) of the first user frame from `frame` outwards: cheap, for recording."""
+    frame = _caller(frame)
+    return (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name) if frame is not None else None
 
 
 @dataclass
@@ -262,10 +280,10 @@ class _TailMode(TorchFunctionMode):
                 return out
             events = trap.events
             if len(events) < MAX_EVENTS:
-                location = _loc_of(_caller(sys._getframe(1)))
-                events.append(OpEvent(func, args, kwargs, out, location, torch.is_grad_enabled()))
+                where = _where(sys._getframe(1))
+                events.append(OpEvent(func, args, kwargs, out, where, torch.is_grad_enabled()))
                 if func in LOSS_FUNCTIONS:
-                    trap.check(out, "loss", f"{func.__name__}() returned", location)
+                    trap.check(out, "loss", f"{func.__name__}() returned", Location(*where) if where else None)
             else:
                 trap.overflowed = True
         return out
@@ -368,6 +386,15 @@ class _FlagMode(TorchDispatchMode):
         return out
 
 
+def _resolve(where) -> Location | None:
+    """A Location from a Location, an event, or a live frame (its user caller)."""
+    if where is None or isinstance(where, Location):
+        return where
+    if isinstance(where, (ModuleEvent, OpEvent)):
+        return where.location
+    return _loc_of(_caller(where))
+
+
 def _node_name():
     node = torch._C._current_autograd_node()
     return node.name() if node is not None else None
@@ -442,6 +469,8 @@ class TorchTrap:
         self.stopped: TrapReport | None = None
         self.benign: set = set()
         self.installed = False
+        self.last_checked = None
+        self._found_inf: dict = {}
 
     # -- install / uninstall ------------------------------------------------
     def install(self) -> None:
@@ -451,10 +480,9 @@ class TorchTrap:
         _ACTIVE = self
         torch.nn.Module.__call__ = _module_call
         torch.autograd.backward = _autograd_backward
-        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-        self.handles = [register_optimizer_step_pre_hook(self._pre_step),
-                        register_optimizer_step_post_hook(self._post_step)]
+        self.handles = [register_optimizer_step_pre_hook(self._pre_step)]
         if self.flag_mode is not None:
             self.flag_mode.__enter__()
         self.installed = True
@@ -509,8 +537,7 @@ class TorchTrap:
             self.roots = None
             self.step_done = False
             self.overflowed = False
-        event = ModuleEvent(module, args, kwargs, _rng_state(), _loc_of(_caller(sys._getframe(2))),
-                            torch.is_grad_enabled())
+        event = ModuleEvent(module, args, kwargs, _rng_state(), _where(sys._getframe(2)), torch.is_grad_enabled())
         if len(self.events) < MAX_EVENTS:
             self.events.append(event)
         else:
@@ -528,7 +555,7 @@ class TorchTrap:
         event.output = out
         if isinstance(module, _LOSS_MODULE):
             # the step's loss is known: no need to record the user's code until the next module call
-            self.check(out, "loss", f"{type(module).__name__} returned", event.location)
+            self.check(out, "loss", f"{type(module).__name__} returned", event)
         else:
             self.open_window()
         return out
@@ -538,8 +565,8 @@ class TorchTrap:
         if grad_tensors is not None and isinstance(grad_tensors, torch.Tensor):
             grad_tensors = (grad_tensors,)
         self.roots = (roots, grad_tensors)
-        self.check(list(roots), "backward", "the tensor passed to backward() is",
-                   _loc_of(_caller(sys._getframe(2))))
+        if not (len(roots) == 1 and roots[0] is self.last_checked):  # a loss checked already
+            self.check(roots, "backward", "the tensor passed to backward() is", sys._getframe(2))
 
     def after_backward(self) -> None:
         self.backward_calls += 1
@@ -548,8 +575,11 @@ class TorchTrap:
                 self.flush(None, "backward", "after backward()")
             self.step_done = True
 
-    def check(self, value, at: str, message: str, location: Location | None) -> None:
-        """Check a boundary value now (CPU) or at the next step flush (accelerator)."""
+    def check(self, value, at: str, message: str, where) -> None:
+        """Check a boundary value now (CPU) or at the next step flush (accelerator).
+
+        `where` is a Location, or a frame whose user caller is looked up only when needed.
+        """
         self.busy += 1
         try:
             bad = None
@@ -561,32 +591,61 @@ class TorchTrap:
                     t = t.detach()
                     flag = (t.reshape(()).float() if t.numel() == 1
                             else torch.isfinite(t).all().float().reciprocal())
-                    self.pending.append((flag, at, message, location))
+                    where = _resolve(where)
+                    self.pending.append((flag, at, message, where))
+            self.last_checked = value
         finally:
             self.busy -= 1
         if bad is not None:
-            self.trip(at, f"{message} {_kind(bad)}", location, bad)
+            where = _resolve(where)
+            self.trip(at, f"{message} {_kind(bad)}", where, bad)
         elif at == "loss" and not self.pending:
             self.muted = False
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
+        """Global optimizer step pre-hook: gradients (and pending values) checked before the update."""
         if self.busy:
             return
-        self.close_window()
+        if self.window_open:
+            self.close_window()
         self.saw_optimizer = True
-        grads = []
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is not None and g.layout == torch.strided and g.is_floating_point():
-                    grads.append((p, g))
-        self.flush(grads, "optimizer", f"before {type(optimizer).__name__}.step()", optimizer)
-
-    def _post_step(self, optimizer, args, kwargs) -> None:
-        if self.busy:
-            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not self.pending and not self.flags and grads and self._grads_finite_fast(grads):
+            self.muted = False
+        else:
+            grads = [g for g in grads if g.layout == torch.strided and g.is_floating_point()]
+            self.flush(grads, "optimizer", f"before {type(optimizer).__name__}.step()", optimizer)
+        # the update is about to run: this step is complete
         self.steps += 1
         self.step_done = True
+
+    def _grads_finite_fast(self, grads) -> bool:
+        """Common case: dense gradients of one dtype on one device -> GradScaler's fused check, one sync.
+
+        `_amp_foreach_non_finite_check_and_unscale_` with a scale of 1.0 is exact (no overflow false
+        positives) and leaves finite values bit-identical; measured 4 us for a tiny MLP on CPU, vs
+        16 us for a fused L2 norm and 60 us for an inf norm.
+        """
+        g0 = grads[0]
+        device, dtype = g0.device, g0.dtype
+        for g in grads:
+            if g.device != device or g.dtype != dtype or g.layout != torch.strided:
+                return False
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            return False
+        bufs = self._found_inf.get(device)
+        if bufs is None:
+            bufs = self._found_inf[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+        found, one = bufs
+        self.busy += 1
+        try:
+            found.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+            return not found.item()
+        except (RuntimeError, TypeError, NotImplementedError):  # backend without the fused kernel
+            return False
+        finally:
+            self.busy -= 1
 
     def flush(self, grads, at: str, message: str, optimizer=None) -> None:
         """One host sync per device: pending boundary values, gradient norms, per-op flags."""
@@ -601,10 +660,10 @@ class TorchTrap:
                 by_device.setdefault(value.device, []).append(value)
             if grads:
                 per_device: dict = {}
-                for _p, g in grads:
+                for g in grads:
                     per_device.setdefault((g.device, g.dtype), []).append(g)
                 for (device, _dtype), gs in per_device.items():
-                    norms = torch._foreach_norm(gs)  # L2: fused; ord=inf is 20x slower on CPU
+                    norms = torch._foreach_norm(gs)
                     by_device.setdefault(device, []).extend(n.float() for n in norms)
             for value in flags:
                 by_device.setdefault(value.device, []).append(value)
@@ -625,9 +684,11 @@ class TorchTrap:
                 what = "nan" if math.isnan(float(value)) else ("+inf" if float(value) > 0 else "-inf")
                 self.trip(p_at, f"{p_message} {what}", location, None, kind_hint=what)
                 return
-        for p, g in grads:
+        params = {id(p.grad): p for group in (optimizer.param_groups if optimizer else ())
+                  for p in group["params"] if p.grad is not None}
+        for g in grads:
             if not bool(torch.isfinite(g).all()):
-                name = self._param_name(p) or "a parameter"
+                name = self._param_name(params.get(id(g))) or "a parameter"
                 self.trip(at, f"the gradient of {name} is {_kind(g)} {message}",
                           _loc_of(_caller(sys._getframe(1))), g, optimizer=optimizer)
                 return
