@@ -11,10 +11,14 @@ STABCHECK_RUNTIME environment variable.
 
 from __future__ import annotations
 
+import builtins
+import importlib.machinery
+import io
 import os
 import runpy
 import sys
 import types
+import zipfile
 
 import stabcheck
 from stabcheck.runtime import api
@@ -87,6 +91,22 @@ def _patch_spawn() -> None:
     spawn.get_command_line = get_command_line
 
 
+def _exec_script(path: str) -> None:
+    """Execute a source file as __main__ the way the interpreter does (argv[0] stays as typed)."""
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__builtins__ = builtins
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    main.__spec__ = None
+    main.__package__ = None
+    main.__cached__ = None
+    sys.modules["__main__"] = main
+    with io.open_code(path) as fh:
+        source = fh.read()
+    code = compile(source, path, "exec", dont_inherit=True)
+    exec(code, main.__dict__)
+
+
 def run(config: TrapConfig, target: str, args: list[str], module: bool = False) -> int:
     """Run `target` (a path, or a module name with module=True) with `args`; return the exit status."""
     if not module:
@@ -109,8 +129,10 @@ def run(config: TrapConfig, target: str, args: list[str], module: bool = False) 
         try:
             if module:
                 runpy.run_module(target, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(path, run_name="__main__")
+            elif os.path.isfile(path) and not zipfile.is_zipfile(path):
+                _exec_script(path)
+            else:  # a directory or zip file with __main__.py
+                runpy.run_path(target, run_name="__main__")
         finally:
             api.stop(final_check=sys.exc_info()[0] is None)
     except SystemExit as exc:

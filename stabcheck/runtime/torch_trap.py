@@ -75,6 +75,11 @@ _INF_WRITERS = {"masked_fill", "masked_fill_", "fill", "fill_", "full", "full_li
                 "masked_scatter_", "copy", "copy_", "_to_copy", "clone", "lift_fresh", "lift_fresh_copy",
                 "scalar_tensor", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "set_"}
 
+# ops whose output never depends on non-finite input values: views, copies, (re)initialisers
+_NOT_PRODUCERS = {"detach", "_to_copy", "copy", "copy_", "clone", "lift_fresh", "lift_fresh_copy", "alias",
+                  "normal", "normal_", "uniform", "uniform_", "zero", "zero_", "fill", "fill_", "random", "random_",
+                  "bernoulli", "bernoulli_", "exponential_", "geometric_", "cauchy_", "log_normal_", "set_",
+                  "resize_", "empty", "empty_like", "empty_strided", "zeros_like", "ones_like"}
 
 # ---------------------------------------------------------------------------
 # frames and locations
@@ -340,8 +345,7 @@ class _FlagMode(TorchDispatchMode):
         info = self.info.get(func)
         if info is None:
             name = hints.base_name(str(func))
-            skip = bool(getattr(func, "is_view", False)) or name in ("detach", "_to_copy", "copy", "copy_", "clone",
-                                                                   "lift_fresh", "lift_fresh_copy", "alias")
+            skip = bool(getattr(func, "is_view", False)) or name in _NOT_PRODUCERS
             info = self.info[func] = (skip, name in _INF_WRITERS)
         return info
 
@@ -353,34 +357,39 @@ class _FlagMode(TorchDispatchMode):
         if trap.busy:
             return out
         skip, writer = self._op_info(func)
-        taint = self.taint
+        flat = tree_flatten((args, kwargs))[0] if kwargs else tree_flatten(args)[0]
+        has_input = False
         tainted = False
-        if taint:
-            for a in tree_flatten((args, kwargs))[0]:
-                if isinstance(a, torch.Tensor):
+        taint = self.taint
+        for a in flat:
+            if isinstance(a, torch.Tensor):
+                has_input = True
+                if taint:
                     ref = taint.get(id(a))
                     if ref is not None and ref() is a:
                         tainted = True
                         break
-        if writer and not tainted:
-            tainted = any(isinstance(a, float) and math.isinf(a) for a in tree_flatten((args, kwargs))[0])
+            elif writer and isinstance(a, float) and math.isinf(a):
+                tainted = True
         outs = _float_tensors(out)
         if tainted:
             for o in outs:
                 taint[id(o)] = weakref.ref(o)
-        if skip or not outs:
+        if skip or not outs or not has_input:  # views, copies, factories: never the producer
             return out
         flags = trap.flags
+        where = None
         for o in outs:
             if not o.numel():
                 continue
-            if tainted:  # only NaN counts downstream of an intentional inf
+            if tainted:  # downstream of an intentional inf only a NaN counts
                 flag = torch.isnan(o).any().logical_not().float().reciprocal()
             else:
                 flag = o.detach().sum(dtype=torch.float32)
             flags.append(flag)
-            trap.flag_ops.append((func, _loc_of(_caller(sys._getframe(1))), tuple(trap.mod_stack),
-                                  _node_name()))
+            if where is None:
+                where = (_loc_of(_caller(sys._getframe(1))), tuple(trap.mod_stack), _node_name())
+            trap.flag_ops.append((func, *where))
         if len(flags) > MAX_FLAGS:
             trap.flush(None, "op", "per-op flags")
         return out
@@ -704,6 +713,16 @@ class TorchTrap:
                           flag_record=(func, location, mods, node, kind), benign_key=key)
                 return
 
+    def _first_bad_flag(self):
+        """The first per-op flag of this step that is not finite (syncs; detection path only)."""
+        for i, value in enumerate(self.flags):
+            v = float(value)
+            if not math.isfinite(v):
+                func, location, mods, node = self.flag_ops[i]
+                kind = "nan" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
+                return func, location, mods, node, kind
+        return None
+
     # -- localization ---------------------------------------------------------
     def _param_name(self, param) -> str | None:
         seen = set()
@@ -859,6 +878,8 @@ class TorchTrap:
         finding = self._check_state(optimizer)
         if finding is None:
             finding = self._replay(detected["at"])
+        if finding is None and flag_record is None and self.flags:
+            flag_record = self._first_bad_flag()
         if finding is None and flag_record is not None:
             func, location, mods, node, kind = flag_record
             module = self._module_path(mods[-1]) if mods else None
@@ -879,9 +900,10 @@ class TorchTrap:
             finding = self._localize(detected, value, optimizer, flag_record)
         finally:
             self.busy -= 1
-        if finding is None and at == "op" and benign_key is not None and not self.overflowed and self.events:
-            # the per-op flag fired but an exact replay of the step found no producer:
-            # an intentional inf (e.g. a mask created before the trap) -- remember and stay silent
+        if (finding is None and at == "op" and benign_key is not None and kind_hint in ("+inf", "-inf")
+                and not self.overflowed and self.events):
+            # a per-op flag saw an inf but an exact replay of the step found no producer: an intentional
+            # inf (e.g. a mask built before the trap was on) -- remember the op and line, stay silent
             self.benign.add(benign_key)
             return
         report = self._make_report(detected, finding, value, kind_hint)

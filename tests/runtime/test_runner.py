@@ -1,0 +1,85 @@
+"""`stabcheck run` runs a script exactly like `python` does (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import FIXTURES, ROOT, _env, python_run
+
+SCRIPT = FIXTURES / "script_semantics.py"
+REL = SCRIPT.relative_to(ROOT)
+
+
+def _stabcheck(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "stabcheck", "run", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, env=_env())
+
+
+def test_same_main_argv_path_and_output_as_python():
+    plain = python_run(REL, "a", "--lr", "3", "-m", "x")
+    trapped = _stabcheck(REL, "a", "--lr", "3", "-m", "x")
+    assert trapped.returncode == plain.returncode == 0
+    assert trapped.stdout == plain.stdout
+    seen = json.loads(trapped.stdout)
+    assert seen["argv"] == [str(REL), "a", "--lr", "3", "-m", "x"]
+    assert seen["path0"] == str(SCRIPT.parent)
+    assert seen["name"] == "__main__" and seen["main_is_me"] and seen["config_module"] == "__main__"
+    assert seen["torch_loaded"] is False  # the trap never imports torch for a script that does not
+
+
+def test_run_module_like_python_dash_m():
+    plain = python_run("-m", "script_semantics", "x", cwd=FIXTURES)
+    trapped = _stabcheck("-m", "script_semantics", "x", cwd=FIXTURES)
+    assert trapped.returncode == plain.returncode == 0
+    assert trapped.stdout == plain.stdout
+
+
+def test_sys_exit_status_passes_through():
+    assert _stabcheck(REL, "--exit", "7").returncode == 7
+    assert _stabcheck(REL, "--exit", "0").returncode == 0
+
+
+def test_uncaught_exception_prints_the_normal_traceback():
+    plain = python_run(REL, "--raise")
+    trapped = _stabcheck(REL, "--raise")
+    assert trapped.returncode == plain.returncode == 1
+    assert trapped.stderr == plain.stderr
+    assert "stabcheck" not in trapped.stderr.replace(str(REL), "") and "runpy" not in trapped.stderr
+
+
+def test_spawn_multiprocessing_reimports_the_script():
+    trapped = _stabcheck(REL, "--spawn")
+    assert trapped.returncode == 0, trapped.stderr
+    assert "spawn [1, 4, 9] env True" in trapped.stdout
+
+
+def test_missing_script_and_module_behave_like_python():
+    missing = _stabcheck("no_such_script.py")
+    assert missing.returncode == 2
+    assert "can't open file" in missing.stderr and "Traceback" not in missing.stderr
+    nomod = _stabcheck("-m", "no_such_module_xyz")
+    assert nomod.returncode == 1
+    assert "No module named" in nomod.stderr and "Traceback" not in nomod.stderr
+
+
+def test_usage_errors_exit_2_without_traceback():
+    for args in ([], ["--action", "explode", str(REL)], ["-m"]):
+        proc = _stabcheck(*args)
+        assert proc.returncode == 2, args
+        assert "usage: stabcheck run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_script_flags_are_never_parsed():
+    proc = _stabcheck(REL, "--action", "warn", "--report-json", "x", "-h")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["argv"][1:] == ["--action", "warn", "--report-json", "x", "-h"]
+
+
+def test_import_stabcheck_does_not_import_torch():
+    code = ("import sys, stabcheck, stabcheck.runtime, stabcheck.runtime.cli, stabcheck.runtime.runner, "
+            "stabcheck.runtime.api, stabcheck.runtime.report, stabcheck.runtime.hints; "
+            "stabcheck.trap; assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr

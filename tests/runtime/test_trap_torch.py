@@ -1,0 +1,102 @@
+"""`stabcheck run` on scripts that really produce each fault on CPU: the report names the producer."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import FIXTURES, line_of, python_run
+
+pytest.importorskip("torch")
+
+MODES = {"default": [], "per-op": ["--per-op"]}
+
+# fixture, expected op, phase, kind, rule, text on the expected line (`# FAULT` marks it), extra expectations
+FAULTS = [
+    ("log_one_minus_p.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT", {"function": "bce"}),
+    ("zero_norm_divide.py", "aten.div.Tensor", "forward", "nan", "STB201", "# FAULT", {"module": "embedder"}),
+    ("sqrt_distance.py", "aten.div.Tensor", "backward", "-inf", "STB202", "# FAULT",
+     {"forward_op": "sqrt", "module": "net"}),
+    ("naive_softmax.py", "aten.exp.default", "forward", "+inf", "STB005", "# FAULT", {"module": "model"}),
+    ("poisoned_parameter.py", None, "parameter", "+inf", None, "loss = criterion(model(x), y)",
+     {"parameter": "model.2.weight", "module": "model.2"}),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fixture,op,phase,kind,rule,needle,extra", FAULTS, ids=[f[0] for f in FAULTS])
+def test_fault_is_localized(run_trap, mode, fixture, op, phase, kind, rule, needle, extra):
+    path = FIXTURES / fixture
+    result = run_trap(*MODES[mode], path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert report is not None, result.stderr
+    assert report["status"] == "trapped" and report["framework"] == "torch"
+    assert (report["op"], report["phase"], report["kind"], report["rule"]) == (op, phase, kind, rule)
+    assert report["location"]["filename"] == str(path)
+    assert report["location"]["line"] == line_of(path, needle)
+    if "function" in extra:
+        assert report["location"]["function"] == extra["function"]
+    if "module" in extra:
+        assert report["module"] == extra["module"]
+    if "forward_op" in extra:
+        assert report["forward"]["op"] == extra["forward_op"]
+        assert report["forward"]["location"]["line"] == line_of(path, needle)
+    if "parameter" in extra:
+        assert report["parameter"] == extra["parameter"]
+    assert report["hint"]
+    # the panel is printed once, and no traceback from stabcheck (or anything) follows it
+    assert result.stderr.count("╭─ stabcheck:") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_input_statistics_show_the_zero(run_trap):
+    report = run_trap(FIXTURES / "log_one_minus_p.py").report
+    (stats,) = report["inputs"]
+    assert stats["shape"] == [8, 1] and stats["dtype"] == "float32" and stats["device"] == "cpu"
+    assert stats["min"] == 0.0 and stats["zeros"] == 8 and stats["nan"] == 0 and stats["inf"] == 0
+    assert report["outputs"][0]["-inf"] == 8
+    assert report["step"] == 3
+
+
+def test_step_and_detection_are_reported(run_trap):
+    report = run_trap(FIXTURES / "sqrt_distance.py").report
+    assert report["step"] == 1
+    assert report["detected"]["at"] == "optimizer"
+    assert report["localized"] == "replay"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_intentional_minus_inf_mask_is_silent(run_trap, mode):
+    path = FIXTURES / "attention_mask.py"
+    plain = python_run(path)
+    result = run_trap(*MODES[mode], path)
+    assert result.returncode == 0, result.stderr
+    assert result.report is None
+    assert result.stdout == plain.stdout
+    assert "stabcheck" not in result.stderr
+
+
+@pytest.mark.parametrize("status", ["0", "5"])
+def test_healthy_run_is_unchanged(run_trap, status):
+    path = FIXTURES / "healthy.py"
+    plain = python_run(path, status)
+    result = run_trap(path, status)
+    assert result.returncode == plain.returncode == int(status)
+    assert result.stdout == plain.stdout
+    assert result.stderr == plain.stderr
+    assert result.report is None
+
+
+def test_warn_reports_once_and_continues(run_trap):
+    path = FIXTURES / "log_one_minus_p.py"
+    result = run_trap("--action", "warn", path)
+    assert result.returncode == 0, result.stderr
+    assert "step 4 loss" in result.stdout  # the run went on to the end
+    assert result.stderr.count("╭─ stabcheck:") == 1  # one incident, not the cascade
+    assert result.report["status"] == "warned" and result.report["op"] == "aten.log.default"
+
+
+def test_spawned_dataloader_workers(run_trap):
+    result = run_trap(FIXTURES / "dataloader_spawn.py")
+    assert result.returncode == 0, result.stderr
+    assert "trained 4 batches" in result.stdout
