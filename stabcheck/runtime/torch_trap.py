@@ -410,6 +410,16 @@ def _node_name():
 
 
 def _root_name(module) -> str:
+    """The user's name for a top-level module: a local of a user frame on the stack, a global of
+    __main__, else its class name. Only called while building a report."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith(_OWN_DIR) and not _is_internal(name):
+            for key, value in frame.f_locals.items():
+                if value is module and key != "self":
+                    return key
+        frame = frame.f_back
     for modname in ("__main__", "__mp_main__"):
         mod = sys.modules.get(modname)
         if mod is not None:
@@ -828,7 +838,7 @@ class TorchTrap:
                         if isinstance(event, ModuleEvent):
                             _set_rng_state(event.rng)
                             with check:
-                                out = event.module(*args, **kwargs)
+                                out = _replay_target(event.module)(*args, **kwargs)
                         else:
                             name = getattr(event.func, "__name__", "")
                             if name.endswith("_") and not name.endswith("__") or name.startswith("__i"):
@@ -950,6 +960,16 @@ class TorchTrap:
         if self.config.action == "stop":
             self.stopped = report
             raise NonFiniteError(f"stabcheck: {report.headline()}", report)
+
+
+def _replay_target(module):
+    """The module to call in a replay: DDP's wrapped module (a replay must not join collectives)."""
+    name = type(module).__name__
+    if name == "DistributedDataParallel" and isinstance(getattr(module, "module", None), torch.nn.Module):
+        return module.module
+    if "FullyShard" in name or name == "FSDPModule":
+        raise RuntimeError("replaying a sharded (FSDP) module is not supported")
+    return module
 
 
 def _tag_nodes(out, index: int) -> None:

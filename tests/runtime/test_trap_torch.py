@@ -100,3 +100,28 @@ def test_spawned_dataloader_workers(run_trap):
     result = run_trap(FIXTURES / "dataloader_spawn.py")
     assert result.returncode == 0, result.stderr
     assert "trained 4 batches" in result.stdout
+
+
+def test_torchrun_each_rank_reports(tmp_path):
+    """`torchrun --nproc-per-node 2 -m stabcheck run ...` on CPU (gloo): one report per rank, naming it."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, _env
+
+    pytest.importorskip("torch.distributed")
+    path = FIXTURES / "ddp_log_zero.py"
+    env = _env()
+    env.update(MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-backend", "c10d", "-m", "stabcheck", "run",
+                           "--report-json", str(tmp_path / "r.json"), path],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"r.rank{rank}.json").read_text())
+        assert report["rank"] == rank
+        assert (report["op"], report["phase"], report["step"]) == ("aten.log.default", "forward", 2)
+        assert report["location"]["line"] == line_of(path, "# FAULT")
+        assert report["module"] == "model.module"
