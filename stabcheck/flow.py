@@ -13,16 +13,47 @@ import ast
 from typing import Callable, Iterable
 
 from stabcheck import names as N
-from stabcheck.values import Diff, Guarded, Layer, LogOf, LossObj, Prob, Qual, Tup
+import struct
 
-# Events the walk emits, with their arguments:
-#   log(node, arg_node, arg_val)            a call of a log function or method
+from stabcheck.values import (
+    TENSOR_VALUES, Const, Cosine, Diff, Exp, Guarded, Layer, LogOf, LossObj, NonNeg, NonPos, OnePlusExp, Prob, Qual,
+    Raw, Red, Shifted, Sq, Tup,
+)
+
+_NONNEG = (Sq, NonNeg)
+
+# Events the walk emits, with their arguments (`qual`: the qualified name of
+# the function called, None for a tensor method):
+#   log(node, x, x_val)                     log / log2 / log10
+#   log1p(node, x, x_val)
+#   sqrt(node, x, x_val, qual)              sqrt, `** 0.5`
+#   acos(node, x, x_val)                    acos / asin
+#   div(node, num, den, num_val, den_val)   `/`, divide()
 #   loss(node, spec, family, qual, pairs)   a loss call; pairs: [(arg_node, arg_val)] predictions
 #   mult(node, left, right, lval, rval)     a product `left * right`
 #   square(node, base, base_val)            `base ** 2`, `square(base)`, `base.pow(2)`
-EVENTS = ("log", "loss", "mult", "square")
+#   compile(node, loss, loss_val, model_out) Keras `model.compile(loss=...)`
+#   absorbed(node, exact, rounded)          constant arithmetic that float32 rounds away
+#   half_optimizer(node, eps)               an Adam-family optimiser over float16 weights
+EVENTS = (
+    "log", "log1p", "sqrt", "acos", "div", "loss", "mult", "square", "compile", "absorbed", "half_optimizer",
+)
 
-_PASSTHROUGH_ATTRS = frozenset({"data", "T", "mT", "real"})
+_PASSTHROUGH_ATTRS = frozenset({"data", "T", "mT", "real", "values"})
+# torch-only tensor methods: their constant arguments are float32 arithmetic.
+_TORCH_METHODS = frozenset({"clamp", "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_"})
+_HALF_METHODS = frozenset({"half"})
+
+
+def float32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def float16(x: float) -> float | None:
+    try:
+        return struct.unpack("e", struct.pack("e", x))[0]
+    except OverflowError:
+        return None
 
 
 def strip(node: ast.AST) -> ast.AST:
@@ -169,6 +200,8 @@ def _merge(vals: list):
         if all(isinstance(v, Tup) and len(v.items) == len(first.items) for v in vals):
             return Tup([_merge([v.items[i] for v in vals]) for i in range(len(first.items))])
         return None
+    if isinstance(first, Raw) and all(isinstance(v, Raw) for v in vals):
+        return first
     if all(v is first for v in vals):
         return first
     return None
@@ -210,14 +243,16 @@ class Walker:
     """Analyses one module; `listeners` maps an event name to callbacks."""
 
     def __init__(self, listeners: dict[str, list[Callable]]):
-        self.listeners = listeners
-        self._log = listeners.get("log", ())
-        self._loss = listeners.get("loss", ())
-        self._mult = listeners.get("mult", ())
-        self._square = listeners.get("square", ())
+        self.listeners = {ev: tuple(cbs) for ev, cbs in listeners.items() if cbs}
+        self._f32 = 0  # > 0 while evaluating arguments of a float32-framework call
+        self._half_keys: set[str] = set()  # models converted to float16
         self.scope = Scope()
         self._pending: list[FuncInfo | ClassInfo] = []
         self._declared: set[int] = set()  # defs bound before the walk reached them
+
+    def _emit(self, event: str, *args) -> None:
+        for cb in self.listeners.get(event, ()):
+            cb(*args)
 
     # ------------------------------------------------------------ entry
     def run(self, tree: ast.Module) -> None:
@@ -477,7 +512,8 @@ class Walker:
         if t is ast.Attribute:
             return self._attribute(node)
         if t is ast.Constant:
-            return None
+            v = node.value
+            return Const(float(v)) if type(v) in (int, float) else None
         if t is ast.BinOp:
             return self._binop(node, node.left, node.op, node.right)
         if t is ast.Subscript:
@@ -488,10 +524,17 @@ class Walker:
                 if isinstance(idx, ast.Constant) and isinstance(idx.value, int) and -len(val.items) <= idx.value < len(val.items):
                     return val.items[idx.value]
                 return None
-            return val if isinstance(val, (Prob, Guarded)) else None
+            return val if isinstance(val, TENSOR_VALUES) else None
         if t is ast.UnaryOp:
             val = self.expr(node.operand)
-            return val if isinstance(val, LogOf) and isinstance(node.op, ast.USub) else None
+            if isinstance(node.op, ast.USub):
+                if isinstance(val, Const):
+                    return Const(-val.value)
+                if isinstance(val, LogOf):
+                    return val
+                if isinstance(val, _NONNEG):
+                    return NonPos()
+            return None
         if t in (ast.Tuple, ast.List):
             data = _numeric_range(node)
             if data is not None:
@@ -558,7 +601,7 @@ class Walker:
         base = self.expr(node.value)
         if isinstance(base, Qual):
             return Qual(N.canonical(f"{base.name}.{node.attr}"))
-        if node.attr in _PASSTHROUGH_ATTRS and isinstance(base, (Prob, Guarded)):
+        if node.attr in _PASSTHROUGH_ATTRS and isinstance(base, TENSOR_VALUES):
             return base
         if isinstance(base, Instance):
             return base.cls.attrs.get(node.attr)
@@ -566,44 +609,95 @@ class Walker:
 
     def _binop(self, node, left: ast.AST, op: ast.operator, right: ast.AST):
         lval, rval = self.expr(left), self.expr(right)
-        if isinstance(op, ast.Mult):
-            if self._mult:
-                for cb in self._mult:
-                    cb(node, left, right, lval, rval)
+        t = type(op)
+        if t is ast.Mult:
+            self._emit("mult", node, left, right, lval, rval)
+            if isinstance(lval, Red) and isinstance(rval, Red) and lval.kind == rval.kind == N.NORM:
+                return Red("normprod", node, guarded=lval.guarded or rval.guarded)
+            return _sign_of_product(lval, rval)
+        if t is ast.Div:
+            return self._divide(node, left, right, lval, rval)
+        if t is ast.Pow:
+            c = const_value(right)
+            if c == 2.0:
+                self._emit("square", node, left, lval)
+                return Sq(node)
+            if c == 0.5:
+                return self._on_sqrt(node, left, lval, None)
             return None
-        if isinstance(op, ast.Pow):
-            if const_value(right) == 2.0 and self._square:
-                for cb in self._square:
-                    cb(node, left, lval)
+        if t not in (ast.Add, ast.Sub):
             return None
-        if isinstance(op, ast.Sub):
-            c = const_value(left)
-            if c is not None and c >= 1.0:
+        lnum, rnum = _number(left, lval), _number(right, rval)
+        if lnum is not None and rnum is not None:
+            if self._f32:
+                self._absorbed(node, lnum, rnum, t is ast.Add)
+            return Const(lnum + rnum if t is ast.Add else lnum - rnum)
+        if t is ast.Sub:
+            if lnum is not None and lnum >= 1.0:
                 if isinstance(rval, (Prob, Guarded)):
                     comp = rval.complement()
-                    return comp.guarded(c > 1.0, False) if isinstance(comp, Prob) else Guarded(comp.lo or c > 1.0, comp.hi)
+                    return comp.guarded(lnum > 1.0, False) if isinstance(comp, Prob) else Guarded(comp.lo or lnum > 1.0, comp.hi)
                 return None
+            if isinstance(rval, Red) and rval.kind == N.MAX:
+                return Shifted()  # x - max(x)
             if isinstance(lval, Prob) or isinstance(rval, Prob):
                 return Diff(lval, rval)
             return None
-        if isinstance(op, ast.Add):
-            # `p + eps`: bounded away from 0. Unknown terms count as a guard:
-            # stabcheck only flags what it can prove.
-            for val, other in ((lval, right), (rval, left)):
-                if isinstance(val, Prob):
-                    c = const_value(other)
-                    return val.guarded(c is None or c > 0, False)
-            return Guarded(True, False)
+        # `p + eps`: bounded away from 0. Unknown terms count as a guard:
+        # stabcheck only flags what it can prove.
+        for val, num in ((lval, rnum), (rval, lnum)):
+            if isinstance(val, Exp) and num == 1.0:
+                return OnePlusExp(val)
+        for val, num in ((lval, rnum), (rval, lnum)):
+            if isinstance(val, Prob):
+                return val.guarded(num is None or num > 0, False)
+            if isinstance(val, Red):
+                return val.with_guard() if num is None or num > 0 else val
+        return Guarded(True, False)
+
+    def _absorbed(self, node, a: float, b: float, add: bool) -> None:
+        """Report `1 - 1e-10`-style arithmetic whose epsilon float32 rounds away."""
+        small, large = sorted((a, b), key=abs)
+        if small == 0.0 or abs(small) >= 1e-4 or abs(large) < 0.1:
+            return
+        exact = a + b if add else a - b
+        rounded = float32(exact)
+        if rounded == float32(large if add or large is a else -large):
+            self._emit("absorbed", node, exact, rounded)
+
+    def _divide(self, node, num, den, num_val, den_val):
+        self._emit("div", node, num, den, num_val, den_val)
+        if isinstance(num_val, NonPos) and not (isinstance(den_val, Const) and den_val.value < 0):
+            return num_val
+        if isinstance(den_val, Red):
+            if den_val.kind in (N.SUM,) and den_val.exp is not None and isinstance(num_val, Exp):
+                return Prob(N.SRC_SOFTMAX, node, num_val.qual)  # a hand-written softmax
+            if den_val.kind == "normprod":
+                return Cosine(node)
+        if isinstance(den_val, OnePlusExp) and const_value(num) == 1.0:
+            return Prob(N.SRC_SIGMOID, node, den_val.exp.qual)  # a hand-written sigmoid
+        return None
+
+    def _on_sqrt(self, node, x_node, x_val, qual):
+        self._emit("sqrt", node, x_node, x_val, qual)
+        if isinstance(x_val, Red):
+            return Red("sqrt", node, pos=x_val.pos, guarded=x_val.guarded, sumsq=x_val.sumsq)
         return None
 
     # ------------------------------------------------------------ calls
-    def _args(self, node: ast.Call) -> dict[int, object]:
-        """Evaluate every argument once; values by id of the argument node."""
+    def _args(self, node: ast.Call, f32: bool = False) -> dict[int, object]:
+        """Evaluate every argument once; values by id of the argument node.
+        `f32`: the callee computes in float32 (constant arithmetic there is
+        checked for absorbed epsilons)."""
         vals = {}
-        for a in node.args:
-            vals[id(a)] = self.expr(a)
-        for kw in node.keywords:
-            vals[id(kw.value)] = self.expr(kw.value)
+        self._f32 += f32
+        try:
+            for a in node.args:
+                vals[id(a)] = self.expr(a)
+            for kw in node.keywords:
+                vals[id(kw.value)] = self.expr(kw.value)
+        finally:
+            self._f32 -= f32
         return vals
 
     def _call(self, node: ast.Call):
@@ -615,10 +709,11 @@ class Walker:
             elif isinstance(recv, Instance) and func.attr in recv.cls.attrs:
                 callee = recv.cls.attrs[func.attr]  # `self.main(x)`, `self.criterion(out, y)`
             else:
-                return self._method(node, func, recv, self._args(node))
+                return self._method(node, func, recv, self._args(node, func.attr in _TORCH_METHODS))
         else:
             callee = self.expr(func)
-        vals = self._args(node)
+        f32 = isinstance(callee, Qual) and callee.name.split(".", 1)[0] in N.AUTODIFF_ROOTS
+        vals = self._args(node, f32)
         if isinstance(callee, Qual):
             return self._qualified(node, callee.name, vals)
         if isinstance(callee, FuncInfo):
@@ -631,6 +726,10 @@ class Walker:
             ret = callee.ret
             if callee.activation and isinstance(ret, Prob):
                 return Prob(ret.src, node, ret.qual)
+            if isinstance(ret, Raw):
+                return Raw(node)
+            if isinstance(ret, Cosine):
+                return Cosine(node)
             return ret
         if isinstance(callee, LossObj):
             self._emit_loss(node, callee.spec, callee.family, callee.qual, vals)
@@ -651,6 +750,13 @@ class Walker:
         src = N.ACTIVATION_MODULES.get(name)
         if src is not None:
             return Layer(Prob(src, node, name), activation=True)
+        if name in N.LINEAR_MODULES:
+            return Layer(Raw(node))
+        if name in N.COSINE_MODULES:
+            return Layer(Cosine(node))
+        if name in N.ADAM_FAMILY:
+            self._adam(node, vals)
+            return None
         if name in N.SEQUENTIAL:
             if name == "torch.nn.Sequential":
                 last = vals.get(id(node.args[-1])) if node.args else None
@@ -668,11 +774,25 @@ class Walker:
             else:
                 act = _arg(node, -1, ("activation",))
             src = _activation_src(act, vals.get(id(act)))
-            return Layer(Prob(src, node, name) if src else None, activation=name == N.KERAS_ACTIVATION_LAYER)
+            if src:
+                return Layer(Prob(src, node, name), activation=name == N.KERAS_ACTIVATION_LAYER)
+            if name in N.KERAS_LINEAR_LAYERS and _is_linear_activation(act):
+                return Layer(Raw(node))
+            return Layer(None)
         return None
 
     def _method(self, node: ast.Call, func: ast.Attribute, recv, vals: dict):
         name = func.attr
+        if name in _HALF_METHODS or (name == "to" and self._to_half(node, vals)):
+            key = base_key(func.value)
+            if key is not None:
+                self._half_keys.add(key)
+        if name == "compile" and isinstance(recv, (Layer, Instance)):
+            loss = _arg(node, 1, ("loss",))
+            if loss is not None:
+                out = recv.ret if isinstance(recv, Layer) else self._call_instance(recv)
+                self._emit("compile", node, loss, vals.get(id(loss)), out)
+            return None
         if name in N.MODULE_SELF_METHODS and isinstance(recv, (Instance, Layer, LossObj)):
             return recv  # `Net().to(device)`, `model.eval()`
         if isinstance(recv, Instance):
@@ -710,16 +830,22 @@ class Walker:
                 if key is not None:
                     self.scope.assign(key, val)
             return val
-        if name == "pow" and len(node.args) == 1 and const_value(node.args[0]) == 2.0:
-            for cb in self._square:
-                cb(node, func.value, recv)
-            return None
-        if name == "mul" and len(node.args) == 1:
-            for cb in self._mult:
-                cb(node, func.value, node.args[0], recv, vals.get(id(node.args[0])))
-            return None
+        if len(node.args) == 1 and not node.keywords:
+            arg = node.args[0]
+            if name == "pow" and const_value(arg) == 2.0:
+                self._emit("square", node, func.value, recv)
+                return Sq(node)
+            if name == "pow" and const_value(arg) == 0.5:
+                return self._on_sqrt(node, func.value, recv, None)
+            if name == "mul":
+                self._emit("mult", node, func.value, arg, recv, vals.get(id(arg)))
+                return None
+            if name == "div":
+                return self._divide(node, func.value, arg, recv, vals.get(id(arg)))
+            if name == "add" and isinstance(recv, Exp) and const_value(arg) == 1.0:
+                return OnePlusExp(recv)
         if name in N.PASSTHROUGH_METHODS:
-            return recv if isinstance(recv, (Prob, Guarded, LogOf)) else None
+            return recv if isinstance(recv, TENSOR_VALUES) else None
         return None
 
     def _apply(self, node: ast.Call, func: N.Func, qual, x_node, x_val, vals: dict):
@@ -733,21 +859,41 @@ class Walker:
         if op == N.LOG:
             return self._on_log(node, x_node, x_val)
         if op == N.PASSTHROUGH:
-            return x_val if isinstance(x_val, (Prob, Guarded, LogOf)) else None
+            return x_val if isinstance(x_val, TENSOR_VALUES) else None
+        if op == "reduce":
+            return _reduce(func.kind, node, x_val)
+        if op == N.EXP:
+            return Exp(node, isinstance(x_val, (Shifted, NonPos)), qual)
+        if op == N.ABS:
+            return NonNeg()
+        if op == N.SQRT:
+            return self._on_sqrt(node, x_node, x_val, qual) if x_node is not None else None
+        if op == N.LOG1P:
+            if x_node is not None:
+                self._emit("log1p", node, x_node, x_val)
+            return None
+        if op == N.ACOS:
+            if x_node is not None:
+                self._emit("acos", node, x_node, x_val)
+            return None
+        if op == N.COSINE:
+            return Cosine(node)
         if op == N.SQUARE:
             if x_node is not None:
-                for cb in self._square:
-                    cb(node, x_node, x_val)
-            return None
+                self._emit("square", node, x_node, x_val)
+            return Sq(node)
         if op == N.WHERE:
             return Guarded(True, True)
-        if op == N.MULTIPLY:
+        if op in (N.MULTIPLY, N.DIVIDE):
             if len(node.args) == 2:
                 a, b = node.args
-                for cb in self._mult:
-                    cb(node, a, b, vals.get(id(a)), vals.get(id(b)))
+                if op == N.DIVIDE:
+                    return self._divide(node, a, b, vals.get(id(a)), vals.get(id(b)))
+                self._emit("mult", node, a, b, vals.get(id(a)), vals.get(id(b)))
             return None
         if op == N.CLAMP:
+            if isinstance(x_val, Cosine):
+                return Cosine(x_val.node, guarded=True)
             lo = func.lo is not None and _useful_bound(_arg(node, *func.lo), low=True)
             hi = func.hi is not None and _useful_bound(_arg(node, *func.hi), low=False)
             return _guard(x_val, lo, hi)
@@ -766,8 +912,7 @@ class Walker:
     def _on_log(self, node, x_node, x_val):
         if x_node is None:
             return None
-        for cb in self._log:
-            cb(node, x_node, x_val)
+        self._emit("log", node, x_node, x_val)
         if x_val is not None:
             return None
         # Unknown origin: remember it, in case it turns out to be `y * log(p)`.
@@ -781,15 +926,30 @@ class Walker:
         return None
 
     def _emit_loss(self, node: ast.Call, spec: N.LossSpec, family: str, qual: str, vals: dict) -> None:
-        if not self._loss:
-            return
         pairs = []
         for pos, kws in spec.pred:
             arg = _arg(node, pos, kws)
             if arg is not None:
                 pairs.append((arg, vals.get(id(arg))))
-        for cb in self._loss:
-            cb(node, spec, family, qual, pairs)
+        self._emit("loss", node, spec, family, qual, pairs)
+
+    def _to_half(self, node: ast.Call, vals: dict) -> bool:
+        """`.to(torch.float16)`, `.to(device, dtype=torch.half)`."""
+        for v in vals.values():
+            if isinstance(v, Qual) and v.name in N.HALF_DTYPES:
+                return True
+        return False
+
+    def _adam(self, node: ast.Call, vals: dict) -> None:
+        params = _arg(node, 0, ("params",))
+        if not (isinstance(params, ast.Call) and isinstance(params.func, ast.Attribute)):
+            return
+        if params.func.attr != "parameters" or base_key(params.func.value) not in self._half_keys:
+            return
+        eps_node = _arg(node, 3, ("eps",))
+        eps = N.ADAM_DEFAULT_EPS if eps_node is None else _number(eps_node, vals.get(id(eps_node)))
+        if eps is not None and float16(eps) == 0.0:
+            self._emit("half_optimizer", node, eps)
 
 
 _OPERAND_KEYWORDS = ("input", "x", "a", "t", "tensor", "logits", "features")
@@ -839,6 +999,46 @@ def _useful_bound(node: ast.AST | None, low: bool) -> bool:
 def _guard(val, lo: bool, hi: bool):
     if isinstance(val, Prob):
         return val.guarded(lo, hi)
+    if isinstance(val, Red):
+        return val.with_guard() if lo else val
     if isinstance(val, Guarded):
         return Guarded(val.lo or lo, val.hi or hi)
     return Guarded(lo, hi)
+
+
+def _number(node: ast.AST, val) -> float | None:
+    c = const_value(node)
+    if c is None and isinstance(val, Const):
+        return val.value
+    return c
+
+
+def _is_linear_activation(act: ast.AST | None) -> bool:
+    return act is None or (isinstance(act, ast.Constant) and act.value in (None, "linear"))
+
+
+def _reduce(kind: str, node, x_val):
+    """The value of sum(x), norm(x), ... given what x holds."""
+    if kind in (N.SUM, N.MEAN):
+        if isinstance(x_val, Exp):
+            return Red(kind, node, pos=True, exp=x_val)
+        if isinstance(x_val, Prob):
+            return Red(kind, node, pos=True)
+        if isinstance(x_val, Sq):
+            return Red(kind, node, sumsq=True)
+        if isinstance(x_val, Red):
+            return Red(kind, node, pos=x_val.pos, guarded=x_val.guarded, exp=x_val.exp, sumsq=x_val.sumsq)
+    return Red(kind, node)
+
+
+def _sign_of_product(a, b):
+    """`-0.5 * x ** 2` is at most 0. A product of a non-positive factor with
+    an unknown one counts as non-positive: stabcheck flags what it can
+    prove, and an explicit negation shows the intent."""
+    for x, y in ((a, b), (b, a)):
+        if isinstance(x, Const):
+            if x.value < 0 and isinstance(y, _NONNEG) or x.value > 0 and isinstance(y, NonPos):
+                return NonPos()
+        elif isinstance(x, NonPos) and (y is None or isinstance(y, _NONNEG)):
+            return NonPos()
+    return None

@@ -24,6 +24,19 @@ MINIMUM = "minimum"  # minimum(x, 1 - eps) bounds x from above
 SQUARE = "square"
 MULTIPLY = "multiply"
 WHERE = "where"  # where(cond, x, safe): the "double where" guard
+EXP = "exp"
+LOG1P = "log1p"
+SQRT = "sqrt"
+ACOS = "acos"  # acos / asin: domain [-1, 1], infinite slope at the ends
+DIVIDE = "divide"
+COSINE = "cosine"  # cosine similarity in [-1, 1]
+ABS = "abs"
+# Reductions: the value they give is a `Red` of this kind.
+SUM = "sum"
+MEAN = "mean"
+NORM = "norm"
+STD = "std"
+MAX = "max"
 PASSTHROUGH = "passthrough"  # returns its first argument's kind (reshape, cast, ...)
 
 # Probability sources, as the flow analysis names them in messages.
@@ -92,6 +105,7 @@ def _expand(*patterns: str) -> list[str]:
 @dataclass(frozen=True)
 class Func:
     op: str
+    kind: str | None = None  # for reductions: SUM, NORM, ...
     # For CLAMP: where the lower and upper bounds are passed (position, keyword).
     lo: tuple[int, tuple[str, ...]] | None = None
     hi: tuple[int, tuple[str, ...]] | None = None
@@ -148,6 +162,48 @@ _PASSTHROUGH_NAMES = _expand(
     "jax.lax.{stop_gradient}",
 )
 
+_ROOTS = "{torch,numpy,jax.numpy,tensorflow,tensorflow.math,keras.ops,keras.backend}"
+_EXP_NAMES = _expand(_ROOTS + ".exp", "cupy.exp")
+_LOG1P_NAMES = _expand(_ROOTS + ".log1p", "torch.special.log1p")
+_SQRT_NAMES = _expand(_ROOTS + ".sqrt")
+_ACOS_NAMES = _expand(
+    "{torch,numpy,jax.numpy,keras.ops}.{arccos,arcsin}",
+    "torch.{acos,asin}",
+    "{tensorflow,tensorflow.math}.{acos,asin}",
+)
+_DIVIDE_NAMES = _expand(
+    "{torch.div,torch.divide,torch.true_divide,numpy.divide,numpy.true_divide,jax.numpy.divide}",
+    "{tensorflow.divide,tensorflow.math.divide,tensorflow.truediv,tensorflow.math.truediv,keras.ops.divide,keras.ops.true_divide}",
+)
+_COSINE_NAMES = ["torch.nn.functional.cosine_similarity", "torch.cosine_similarity"]
+_ABS_NAMES = _expand(_ROOTS + ".abs", "{numpy,jax.numpy,keras.ops}.absolute")
+_REDUCTIONS = {
+    SUM: _expand(
+        "{torch,numpy,jax.numpy,keras.ops,keras.backend}.sum",
+        "{tensorflow,tensorflow.math}.reduce_sum",
+        "torch.nansum",
+    ),
+    MEAN: _expand(
+        "{torch,numpy,jax.numpy,keras.ops,keras.backend}.mean",
+        "{tensorflow,tensorflow.math}.reduce_mean",
+    ),
+    NORM: _expand(
+        "torch.norm",
+        "torch.linalg.{norm,vector_norm}",
+        "{numpy,jax.numpy}.linalg.norm",
+        "{tensorflow,tensorflow.linalg}.norm",
+        "keras.ops.norm",
+    ),
+    STD: _expand(
+        "{torch,numpy,jax.numpy,keras.ops,keras.backend}.std",
+        "{tensorflow,tensorflow.math}.reduce_std",
+    ),
+    MAX: _expand(
+        "{torch,numpy,jax.numpy,keras.ops,keras.backend}.{max,amax}",
+        "{tensorflow,tensorflow.math}.reduce_max",
+    ),
+}
+
 # (position, keyword names) of clamp bounds, per spelling.
 _CLAMPS = {
     "torch.clamp": ((1, ("min",)), (2, ("max",))),
@@ -182,6 +238,13 @@ for _n in _PASSTHROUGH_NAMES:
     FUNCS[_n] = Func(PASSTHROUGH)
 for _n, (_lo, _hi) in _CLAMPS.items():
     FUNCS[_n] = Func(CLAMP, lo=_lo, hi=_hi)
+for _op, _names in ((EXP, _EXP_NAMES), (LOG1P, _LOG1P_NAMES), (SQRT, _SQRT_NAMES), (ACOS, _ACOS_NAMES),
+                    (DIVIDE, _DIVIDE_NAMES), (COSINE, _COSINE_NAMES), (ABS, _ABS_NAMES)):
+    for _n in _names:
+        FUNCS[_n] = Func(_op)
+for _kind, _names in _REDUCTIONS.items():
+    for _n in _names:
+        FUNCS[_n] = Func("reduce", kind=_kind)
 for _n in _MAXIMUM_NAMES:
     FUNCS[_n] = Func(MAXIMUM)
 for _n in _MINIMUM_NAMES:
@@ -201,6 +264,21 @@ METHODS: dict[str, tuple[Func, range]] = {
     "clip": (Func(CLAMP, lo=(0, ("min",)), hi=(1, ("max",))), range(0, 3)),
     "clamp_min": (Func(CLAMP, lo=(0, ("min",))), range(1, 2)),
     "clamp_max": (Func(CLAMP, hi=(0, ("max",))), range(1, 2)),
+    "exp": (Func(EXP), range(0, 1)),
+    "abs": (Func(ABS), range(0, 1)),
+    "log1p": (Func(LOG1P), range(0, 1)),
+    "sqrt": (Func(SQRT), range(0, 1)),
+    "acos": (Func(ACOS), range(0, 1)),
+    "arccos": (Func(ACOS), range(0, 1)),
+    "asin": (Func(ACOS), range(0, 1)),
+    "arcsin": (Func(ACOS), range(0, 1)),
+    "sum": (Func("reduce", kind=SUM), range(0, 4)),
+    "nansum": (Func("reduce", kind=SUM), range(0, 4)),
+    "mean": (Func("reduce", kind=MEAN), range(0, 4)),
+    "norm": (Func("reduce", kind=NORM), range(0, 4)),
+    "std": (Func("reduce", kind=STD), range(0, 4)),
+    "max": (Func("reduce", kind=MAX), range(0, 3)),
+    "amax": (Func("reduce", kind=MAX), range(0, 3)),
 }
 # In-place forms: `p.clamp_(eps, 1 - eps)` guards `p` itself.
 INPLACE_METHODS = {"clamp_": "clamp", "clip_": "clip", "clamp_min_": "clamp_min", "clamp_max_": "clamp_max"}
@@ -209,6 +287,10 @@ PASSTHROUGH_METHODS = frozenset(
     "detach cpu cuda float double half bfloat16 to view view_as reshape reshape_as squeeze unsqueeze "
     "contiguous clone numpy flatten permute transpose t type type_as expand expand_as astype copy".split()
 )
+
+# Libraries whose arrays carry gradients (a forward-finite op can still
+# have an infinite derivative there) and whose default float is float32.
+AUTODIFF_ROOTS = frozenset({"torch", "tensorflow", "keras", "jax"})
 
 # ---------------------------------------------------------------- modules and layers
 # Constructors whose instances, when called, return a probability.
@@ -220,6 +302,16 @@ ACTIVATION_MODULES: dict[str, str] = {
 }
 # `activation=` strings understood by Keras layers.
 ACTIVATION_STRINGS = {"softmax": SRC_SOFTMAX, "sigmoid": SRC_SIGMOID}
+# Layers whose output is an unconstrained linear map (can be any sign).
+LINEAR_MODULES = frozenset(
+    _expand("torch.nn.{Linear,LazyLinear,Bilinear,Conv1d,Conv2d,Conv3d,LazyConv1d,LazyConv2d,LazyConv3d}")
+)
+KERAS_LINEAR_LAYERS = frozenset(_expand("keras.layers.{Dense,Conv1D,Conv2D,Conv3D,EinsumDense}"))
+COSINE_MODULES = frozenset({"torch.nn.CosineSimilarity"})
+# Optimisers whose epsilon sits in the denominator next to sqrt(v).
+ADAM_FAMILY = frozenset(_expand("torch.optim.{Adam,AdamW,Adamax,NAdam,RAdam,SparseAdam}"))
+ADAM_DEFAULT_EPS = 1e-8
+HALF_DTYPES = frozenset({"torch.float16", "torch.half"})
 # Containers whose call returns what their last layer returns.
 SEQUENTIAL = frozenset({"torch.nn.Sequential", "keras.Sequential", "keras.models.Sequential"})
 # Functional models: `keras.Model(inputs, outputs)` returns what `outputs` holds.
@@ -305,6 +397,15 @@ LOSS_CLASSES: dict[str, LossSpec] = {
     "keras.losses.BinaryCrossentropy": LossSpec(BCE_PROBS, _KERAS_PRED, SIGMOID_LOGITS),
     "keras.losses.BinaryFocalCrossentropy": LossSpec(BCE_PROBS, _KERAS_PRED, SIGMOID_LOGITS),
     "keras.losses.MeanSquaredError": LossSpec(MSE, _KERAS_BOTH),
+}
+
+# `model.compile(loss="...")` strings: all of them expect probabilities.
+KERAS_LOSS_STRINGS = {
+    "categorical_crossentropy": CE_PROBS,
+    "sparse_categorical_crossentropy": CE_PROBS,
+    "binary_crossentropy": BCE_PROBS,
+    "categorical_focal_crossentropy": CE_PROBS,
+    "binary_focal_crossentropy": BCE_PROBS,
 }
 
 # ---------------------------------------------------------------- suggestions

@@ -112,3 +112,106 @@ class LossObj:
         self.spec = spec
         self.family = family
         self.qual = qual
+
+
+class Exp:
+    """`exp(x)`; `shifted` when `x` had its max subtracted (cannot overflow)."""
+
+    __slots__ = ("node", "shifted", "qual")
+
+    def __init__(self, node, shifted: bool, qual: str | None):
+        self.node = node
+        self.shifted = shifted
+        self.qual = qual
+
+
+class OnePlusExp:
+    """`1 + exp(x)` in any order."""
+
+    __slots__ = ("exp",)
+
+    def __init__(self, exp: Exp):
+        self.exp = exp
+
+
+class Sq:
+    """`x ** 2`, `square(x)`."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node):
+        self.node = node
+
+
+class Red:
+    """A reduction: sum, mean, norm, std, max, or sqrt of a sum of squares.
+
+    pos: positive by construction (a sum of probabilities or of exps);
+    guarded: an epsilon or clamp keeps it away from 0;
+    exp: the unshifted `Exp` it sums (log-sum-exp, naive softmax);
+    sumsq: it is a sum (or mean) of squares.
+    """
+
+    __slots__ = ("kind", "node", "pos", "guarded", "exp", "sumsq")
+
+    def __init__(self, kind, node, pos=False, guarded=False, exp=None, sumsq=False):
+        self.kind = kind
+        self.node = node
+        self.pos = pos
+        self.guarded = guarded
+        self.exp = exp
+        self.sumsq = sumsq
+
+    def with_guard(self) -> "Red":
+        return Red(self.kind, self.node, self.pos, True, self.exp, self.sumsq)
+
+
+class Raw:
+    """The unconstrained output of a linear layer (any sign)."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node):
+        self.node = node
+
+
+class Cosine:
+    """A cosine similarity: in [-1, 1] up to rounding."""
+
+    __slots__ = ("node", "guarded")
+
+    def __init__(self, node, guarded=False):
+        self.node = node
+        self.guarded = guarded
+
+
+class Shifted:
+    """`x - max(x)`: at most 0, so its `exp` cannot overflow."""
+
+    __slots__ = ()
+
+
+class NonNeg:
+    """`abs(x)`: at least 0 (as `x ** 2` is)."""
+
+    __slots__ = ()
+
+
+class NonPos:
+    """`-x ** 2`, `-abs(x)`, `-0.5 * (x / s) ** 2`: at most 0, so its `exp`
+    cannot overflow."""
+
+    __slots__ = ()
+
+
+class Const:
+    """A numeric constant bound to a name (`eps = 1e-10`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float):
+        self.value = value
+
+
+# Values that ride along reshapes, casts, subscripts and `.detach()`.
+TENSOR_VALUES = (Prob, Guarded, LogOf, Exp, Red, Raw, Cosine, Sq, OnePlusExp, NonNeg, NonPos)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from stabcheck.checks.base import Check
+from stabcheck.values import Exp, OnePlusExp
+
+
+class LogOnePlusExp(Check):
+    code = "STB004"
+    slug = "log-one-plus-exp"
+    summary = "log(1 + exp(x)) overflows for x > ~88 in float32: use softplus"
+
+    def on_log(self, node, x_node, x_val):
+        if isinstance(x_val, OnePlusExp) and not x_val.exp.shifted:
+            self._flag(node, "log(1 + exp(x))")
+
+    def on_log1p(self, node, x_node, x_val):
+        if isinstance(x_val, Exp) and not x_val.shifted:
+            self._flag(node, "log1p(exp(x))")
+
+    def _flag(self, node, what):
+        self.report(
+            node,
+            f"{what} is inf once exp(x) overflows (x > ~88.7 in float32), and its gradient NaN; "
+            "use softplus(x) (or logaddexp(0, x))",
+        )

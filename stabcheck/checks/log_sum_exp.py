@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from stabcheck.checks.base import Check
+from stabcheck.values import Red
+
+
+class LogSumExp(Check):
+    code = "STB003"
+    slug = "log-sum-exp"
+    summary = "log(sum(exp(x))) overflows once any x > ~88 in float32: use logsumexp"
+
+    def on_log(self, node, x_node, x_val):
+        if isinstance(x_val, Red) and x_val.kind == "sum" and x_val.exp is not None and not x_val.exp.shifted:
+            self.report(
+                node,
+                "log(sum(exp(x))) is inf once any exp(x) overflows (x > ~88.7 in float32) and -inf once all underflow; "
+                "use logsumexp",
+            )
