@@ -51,7 +51,8 @@ from stabcheck.runtime.report import Location, TrapReport, render, write_json
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _OWN_DIR = os.path.dirname(stabcheck.__file__) + os.sep
 _SKIP_FILES = ("contextlib.py", "functools.py")
-MAX_EVENTS = 20000  # per step; beyond this the step is not recorded (replay impossible)
+MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
+MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in between (newest kept)
 MAX_FLAGS = 200000  # per-op flags kept before a forced flush
 
 _ORIG_MODULE_CALL = torch.nn.Module.__call__
@@ -141,6 +142,12 @@ def _finite_now(t: torch.Tensor) -> bool:
     if t.numel() == 1:
         return math.isfinite(t.item())
     return bool(torch.isfinite(t).all())
+
+
+def _nan_free_now(t: torch.Tensor) -> bool:
+    if t.numel() == 1:
+        return not math.isnan(t.item())
+    return not bool(torch.isnan(t).any())
 
 
 def _kind(t: torch.Tensor) -> str | None:
@@ -377,6 +384,8 @@ class _FlagMode(TorchDispatchMode):
                 taint[id(o)] = weakref.ref(o)
         if skip or not outs or not has_input:  # views, copies, factories: never the producer
             return out
+        if trap.scaled and torch._C._current_autograd_node() is not None:
+            return out  # scaled gradients: GradScaler detects and skips overflowing steps itself
         flags = trap.flags
         where = None
         for o in outs:
@@ -451,6 +460,21 @@ def _module_call(self, *args, **kwargs):
     return trap.top_level_call(self, args, kwargs)
 
 
+try:
+    from torch.amp.grad_scaler import GradScaler as _GradScaler
+
+    _ORIG_SCALE = _GradScaler.scale
+except (ImportError, AttributeError):  # pragma: no cover - torch without torch.amp
+    _GradScaler = _ORIG_SCALE = None
+
+
+def _scaler_scale(self, outputs):
+    trap = _ACTIVE
+    if trap is not None:
+        trap.scaled = True
+    return _ORIG_SCALE(self, outputs)
+
+
 def _autograd_backward(tensors, *args, **kwargs):
     trap = _ACTIVE
     if trap is None or trap.busy:
@@ -490,6 +514,9 @@ class TorchTrap:
         self.installed = False
         self.last_checked = None
         self._found_inf: dict = {}
+        self.module_events = 0
+        self.grad_events = 0
+        self.scaled = False  # a GradScaler scaled this step's loss: inf in backward is its business
 
     # -- install / uninstall ------------------------------------------------
     def install(self) -> None:
@@ -499,6 +526,8 @@ class TorchTrap:
         _ACTIVE = self
         torch.nn.Module.__call__ = _module_call
         torch.autograd.backward = _autograd_backward
+        if _GradScaler is not None:
+            _GradScaler.scale = _scaler_scale
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
         self.handles = [register_optimizer_step_pre_hook(self._pre_step)]
@@ -523,6 +552,8 @@ class TorchTrap:
             self.handles = []
             torch.nn.Module.__call__ = _ORIG_MODULE_CALL
             torch.autograd.backward = _ORIG_BACKWARD
+            if _GradScaler is not None:
+                _GradScaler.scale = _ORIG_SCALE
         finally:
             _ACTIVE = None
         self.events = []
@@ -551,14 +582,22 @@ class TorchTrap:
 
     def top_level_call(self, module, args, kwargs):
         self.close_window()
-        if self.step_done:
+        grad = torch.is_grad_enabled()
+        if self.step_done or not (grad or self.grad_events):
+            # a new step, or an inference call with no training call pending: nothing to keep
             self.events = []
             self.roots = None
             self.step_done = False
             self.overflowed = False
-        event = ModuleEvent(module, args, kwargs, _rng_state(), _where(sys._getframe(2)), torch.is_grad_enabled())
+            self.scaled = False
+            self.module_events = self.grad_events = 0
+        elif self.module_events >= MAX_MODULE_EVENTS:
+            self._drop_oldest()
+        event = ModuleEvent(module, args, kwargs, _rng_state(), _where(sys._getframe(2)), grad)
         if len(self.events) < MAX_EVENTS:
             self.events.append(event)
+            self.module_events += 1
+            self.grad_events += grad
         else:
             self.overflowed = True
         self.depth = 1
@@ -579,13 +618,29 @@ class TorchTrap:
             self.open_window()
         return out
 
+    def _drop_oldest(self) -> None:
+        """Many forward calls and no backward (evaluation with grad on): keep the newest half.
+
+        A replay feeds the original tensors to calls whose producers were dropped, so it stays valid."""
+        keep = MAX_MODULE_EVENTS // 2
+        seen = 0
+        for i in range(len(self.events) - 1, -1, -1):
+            if isinstance(self.events[i], ModuleEvent):
+                seen += 1
+                if seen == keep:
+                    self.events = self.events[i:]
+                    break
+        self.module_events = keep
+        self.grad_events = sum(1 for e in self.events if isinstance(e, ModuleEvent) and e.grad_enabled)
+
     def before_backward(self, tensors, grad_tensors) -> None:
         roots = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
         if grad_tensors is not None and isinstance(grad_tensors, torch.Tensor):
             grad_tensors = (grad_tensors,)
         self.roots = (roots, grad_tensors)
         if not (len(roots) == 1 and roots[0] is self.last_checked):  # a loss checked already
-            self.check(roots, "backward", "the tensor passed to backward() is", sys._getframe(2))
+            # a GradScaler-scaled loss may overflow to inf on purpose (the scaler then skips the step)
+            self.check(roots, "backward", "the tensor passed to backward() is", sys._getframe(2), self.scaled)
 
     def after_backward(self) -> None:
         self.backward_calls += 1
@@ -594,7 +649,7 @@ class TorchTrap:
                 self.flush(None, "backward", "after backward()")
             self.step_done = True
 
-    def check(self, value, at: str, message: str, where) -> None:
+    def check(self, value, at: str, message: str, where, nan_only: bool = False) -> None:
         """Check a boundary value now (CPU) or at the next step flush (accelerator).
 
         `where` is a Location, or a frame whose user caller is looked up only when needed.
@@ -604,12 +659,15 @@ class TorchTrap:
             bad = None
             for t in _float_tensors(value):
                 if t.device.type == "cpu":
-                    if bad is None and not _finite_now(t.detach()):
+                    if bad is None and not (_nan_free_now(t.detach()) if nan_only else _finite_now(t.detach())):
                         bad = t
                 elif t.device.type != "meta":
                     t = t.detach()
-                    flag = (t.reshape(()).float() if t.numel() == 1
-                            else torch.isfinite(t).all().float().reciprocal())
+                    if nan_only:
+                        flag = torch.isnan(t).any().logical_not().float().reciprocal()
+                    else:
+                        flag = (t.reshape(()).float() if t.numel() == 1
+                                else torch.isfinite(t).all().float().reciprocal())
                     where = _resolve(where)
                     self.pending.append((flag, at, message, where))
             self.last_checked = value
