@@ -246,6 +246,7 @@ class Walker:
         self.listeners = {ev: tuple(cbs) for ev, cbs in listeners.items() if cbs}
         self._f32 = 0  # > 0 while evaluating arguments of a float32-framework call
         self._half_keys: set[str] = set()  # models converted to float16
+        self._half_call: ast.Call | None = None
         self.scope = Scope()
         self._pending: list[FuncInfo | ClassInfo] = []
         self._declared: set[int] = set()  # defs bound before the walk reached them
@@ -306,6 +307,8 @@ class Walker:
             val = self.expr(s.value)
             for target in s.targets:
                 self._bind(target, val)
+                if self._half_call is s.value and isinstance(target, (ast.Name, ast.Attribute)):
+                    self._half_keys.add(target_key(target))
         elif t is ast.AugAssign:
             val = self._binop(s, s.target, s.op, s.value)
             self._bind(s.target, val)
@@ -787,6 +790,7 @@ class Walker:
             key = base_key(func.value)
             if key is not None:
                 self._half_keys.add(key)
+            self._half_call = node  # `model = Net().half()`: the target is the model
         if name == "compile" and isinstance(recv, (Layer, Instance)):
             loss = _arg(node, 1, ("loss",))
             if loss is not None:
