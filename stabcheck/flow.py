@@ -13,6 +13,7 @@ import ast
 from typing import Callable, Iterable
 
 from stabcheck import names as N
+from stabcheck.project import resolve_relative
 import struct
 
 from stabcheck.values import (
@@ -242,8 +243,12 @@ def _kw_true(call: ast.Call, name: str) -> bool:
 class Walker:
     """Analyses one module; `listeners` maps an event name to callbacks."""
 
-    def __init__(self, listeners: dict[str, list[Callable]]):
+    def __init__(self, listeners: dict[str, list[Callable]], resolver=None, package: str | None = None):
         self.listeners = {ev: tuple(cbs) for ev, cbs in listeners.items() if cbs}
+        # Another project module's exports by dotted name (None: single file).
+        self._resolver = resolver
+        self._package = package
+        self._contexts: dict = {}
         self._f32 = 0  # > 0 while evaluating arguments of a float32-framework call
         self._half_keys: set[str] = set()  # models converted to float16
         self._half_call: ast.Call | None = None
@@ -396,11 +401,13 @@ class Walker:
                 else:
                     top = alias.name.split(".", 1)[0]
                     scope.assign(top, Qual(top))
-        elif s.level == 0 and s.module:
+        else:
+            module = resolve_relative(s.level, s.module, self._package)
+            if not module:
+                return
             for alias in s.names:
                 if alias.name != "*":
-                    scope.assign(alias.asname or alias.name, Qual(N.canonical(f"{s.module}.{alias.name}")))
-        # Relative imports name project modules: cross-module summaries resolve them.
+                    scope.assign(alias.asname or alias.name, Qual(N.canonical(f"{module}.{alias.name}")))
 
     def _define_function(self, node, scope: Scope, cls: ClassInfo | None = None) -> FuncInfo:
         info = FuncInfo(node, scope, cls)
@@ -429,6 +436,14 @@ class Walker:
             self._analyse_class(info.cls)
             return info.ret
         info.state = 1
+        for default in (*info.node.args.defaults, *[d for d in info.node.args.kw_defaults if d is not None]):
+            self.expr(default)
+        info.ret = self._walk_function(info, {})
+        info.state = 2
+        return info.ret
+
+    def _walk_function(self, info: FuncInfo, bindings: dict):
+        """Walk a function body with its parameters unknown, except `bindings`."""
         node = info.node
         self_name = None
         if info.cls is not None and node.args.args and not any(
@@ -438,12 +453,11 @@ class Walker:
         outer = self.scope
         scope = Scope(info.scope, info.cls, self_name)
         scope.returns = []
-        for default in (*node.args.defaults, *[d for d in node.args.kw_defaults if d is not None]):
-            self.expr(default)
         args = node.args
         for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg):
             if a is not None:
                 scope.vars[a.arg] = None  # parameters shadow outer names: unknown
+        scope.vars.update(bindings)
         if self_name:
             scope.vars[self_name] = Instance(info.cls)
         self.scope = scope
@@ -452,9 +466,55 @@ class Walker:
             self.block(node.body)
         finally:
             self.scope = outer
-        info.ret = _merge(scope.returns)
-        info.state = 2
-        return info.ret
+        return _merge(scope.returns)
+
+    def _call_function(self, info: FuncInfo, node: ast.Call, vals: dict):
+        """What calling `info` returns here. A function given an activation as
+        an argument (`add_layer(h, 10, 1, activation_function=tf.nn.softmax)`)
+        is walked again with it bound, once per distinct activation."""
+        bindings = {}
+        if info.cls is None:
+            params = [a.arg for a in (*info.node.args.posonlyargs, *info.node.args.args)]
+            pairs = list(zip(params, node.args)) + [(kw.arg, kw.value) for kw in node.keywords if kw.arg]
+            for param, arg in pairs:
+                val = vals.get(id(arg))
+                if isinstance(val, Qual) and N.FUNCS.get(val.name) is not None and N.FUNCS[val.name].op in (N.SOFTMAX, N.SIGMOID):
+                    bindings[param] = val
+                elif isinstance(val, Layer) and val.activation:
+                    bindings[param] = val
+        if not bindings:
+            return self._summary(info)
+        key = (id(info), tuple(sorted((p, getattr(v, "name", id(v))) for p, v in bindings.items())))
+        if key not in self._contexts:
+            self._summary(info)  # the plain walk first: its findings, its recursion guard
+            self._contexts[key] = None  # recursion guard for the contextual walk
+            self._contexts[key] = self._walk_function(info, bindings)
+        return self._contexts[key]
+
+    # ------------------------------------------------------------ other modules
+    def _export(self, name: str):
+        """The summary of `module.attr` from another module of the project."""
+        if self._resolver is None:
+            return None
+        module, _, attr = name.rpartition(".")
+        exports = self._resolver(module) if module else None
+        return exports.get(attr) if exports else None
+
+    def exports(self) -> dict:
+        """What this module offers other modules (after `run`)."""
+        from stabcheck.project import export_descriptor
+
+        out = {}
+        for name, val in self.scope.vars.items():
+            if isinstance(val, (ClassInfo, Instance)):
+                ret = self._call_instance(val if isinstance(val, Instance) else Instance(val))
+                if isinstance(ret, Prob) and not ret.comp:
+                    out[name] = ("class" if isinstance(val, ClassInfo) else "func", ret.src)
+                continue
+            desc = export_descriptor(val)
+            if desc is not None:
+                out[name] = desc
+        return out
 
     def _predeclare_local(self, body, scope) -> None:
         for stmt in body:
@@ -720,7 +780,7 @@ class Walker:
         if isinstance(callee, Qual):
             return self._qualified(node, callee.name, vals)
         if isinstance(callee, FuncInfo):
-            return self._summary(callee)
+            return self._call_function(callee, node, vals)
         if isinstance(callee, ClassInfo):
             return Instance(callee)
         if isinstance(callee, Instance):
@@ -769,6 +829,11 @@ class Walker:
             return Layer(last.ret if isinstance(last, Layer) else None, sequential=name)
         if name in N.FUNCTIONAL_MODELS:
             return Layer(vals.get(id(_arg(node, 1, ("outputs",)))))
+        export = self._export(name)
+        if export is not None:
+            kind, src = export
+            prob = Prob(src, node, name)
+            return Layer(prob) if kind == "class" else prob
         if name.startswith(N.KERAS_LAYER_PREFIX):
             if name == N.KERAS_ACTIVATION_LAYER:
                 act = _arg(node, 0, ("activation",))

@@ -9,7 +9,7 @@ import pytest
 from markers import parse
 
 from stabcheck.checks import RULES
-from stabcheck.engine import FileJob, check_file
+from stabcheck.engine import FileJob, check_file, check_jobs
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 # fixtures/runtime holds scripts that run; fixtures/fixes holds autofix goldens.
@@ -49,3 +49,26 @@ def test_markers_parse_multiple_codes_and_todos():
     expect, todo = parse(src)
     assert expect == Counter({(1, "STB002"): 2})
     assert todo == Counter({(2, "STB102"): 1})
+
+
+PROJECT = FIXTURES / "project"
+
+
+def test_provenance_across_modules_of_a_project():
+    """fixtures/project is checked as one run: probabilities made in
+    mypkg/model.py are found where other modules use them."""
+    files = sorted(PROJECT.rglob("*.py"))
+    got = Counter((Path(d.path).relative_to(PROJECT).as_posix(), d.row, d.code)
+                  for d in check_jobs([FileJob(str(f), ALL) for f in files], workers=1))
+    expect = Counter()
+    for f in files:
+        marks, _ = parse(f.read_text(encoding="utf-8"))
+        for (row, code), n in marks.items():
+            expect[(f.relative_to(PROJECT).as_posix(), row, code)] += n
+    assert got == expect
+
+
+def test_a_module_checked_alone_does_not_see_the_others():
+    diags = check_jobs([FileJob(str(PROJECT / "mypkg" / "train.py"), ALL)], workers=1)
+    # Only the label-times-log shape remains; the softmax model is unknown.
+    assert [(d.row, d.code) for d in diags] == [(23, "STB002")]

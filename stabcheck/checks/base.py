@@ -27,8 +27,15 @@ def line_of(node: ast.AST | None) -> int | None:
     return getattr(node, "lineno", None)
 
 
-def origin(prob: Prob, at: ast.AST) -> str:
-    """` (softmax at line 12)` when the probability was made on another line."""
+_LIBRARIES = frozenset({"torch", "tensorflow", "keras", "jax", "numpy", "scipy", "optax", "sklearn", "cupy"})
+
+
+def origin(prob, at: ast.AST) -> str:
+    """Where the probability was made: ` (returned by mypkg.model.Net)` for
+    another module of the project, ` (made at line 12)` for another line."""
+    qual = getattr(prob, "qual", None)
+    if qual and qual.split(".", 1)[0] not in _LIBRARIES:
+        return f" (returned by {qual})"
     line = line_of(prob.node)
     if line is None or line == line_of(at):
         return ""
