@@ -18,12 +18,13 @@ import re
 import sys
 import tokenize
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from stabcheck.checks import CHECKS, INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR
+from stabcheck.checks import CHECKS, INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR, UNUSED_NOQA
+from stabcheck import project
 from stabcheck.diagnostics import Diagnostic
 from stabcheck.flow import EVENTS, Walker
-from stabcheck.suppress import Suppressions
+from stabcheck.suppress import Suppressions, unused_noqa
 
 # Deeply nested generated code: recursion in the walk is bounded by nesting
 # depth, not by file size.
@@ -36,6 +37,19 @@ _POOL_THRESHOLD = 16
 class FileJob:
     path: str  # as shown to the user
     codes: frozenset[str]  # enabled for this file (after per-file ignores)
+    package: str | None = None  # for relative imports
+    project: str = ""  # fingerprint of the project's module summaries
+
+
+# Module summaries of the project being checked (see project.py); set before
+# the files are checked, in this process and in each worker.
+_PROJECT: dict = {}
+
+
+def _install_project(index: dict) -> None:
+    global _PROJECT
+    _PROJECT = index
+    _raise_recursion_limit()
 
 
 def decode(data: bytes) -> str:
@@ -45,8 +59,12 @@ def decode(data: bytes) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def check_source(source: str, path: str, codes: frozenset[str]) -> list[Diagnostic]:
-    """Check one file's text. Never raises for bad input."""
+def check_source(
+    source: str, path: str, codes: frozenset[str], package: str | None = None, resolver=None
+) -> list[Diagnostic]:
+    """Check one file's text. Never raises for bad input. `resolver` maps a
+    dotted module name to its exports (project.py), for imports from the
+    checked project; `package` places relative imports."""
     try:
         tree = ast.parse(source, filename=path)
     except (SyntaxError, ValueError) as exc:
@@ -62,23 +80,25 @@ def check_source(source: str, path: str, codes: frozenset[str]) -> list[Diagnost
     instances = [check(report) for check in checks]
     listeners = {ev: [getattr(c, "on_" + ev) for c in instances if hasattr(c, "on_" + ev)] for ev in EVENTS}
     try:
-        Walker(listeners).run(tree)
+        Walker(listeners, resolver, package).run(tree)
     except RecursionError:
         return _meta(INTERNAL_ERROR.code, "expression nesting too deep to analyse; file skipped", path, codes)
     except Exception as exc:  # a bug in stabcheck: report it on the file, keep going
         return _meta(INTERNAL_ERROR.code, f"internal error: {type(exc).__name__}: {exc}", path, codes)
-    if not raw:
+    if not raw and UNUSED_NOQA.code not in codes:
         return []
     suppressions = Suppressions(source)
     out = []
     seen = set()
+    fired = set()
     for code, node, message in raw:
         row, col, end_row, end_col = positions.span(node)
+        fired.add((code, row))
         if suppressions.suppressed(code, row) or (code, row, col) in seen:
             continue
         seen.add((code, row, col))
         out.append(Diagnostic(code, message, path, row, col, end_row, end_col))
-    return out
+    return out + unused_noqa(source, fired, codes, path)
 
 
 def check_file(job: FileJob) -> list[Diagnostic]:
@@ -87,26 +107,43 @@ def check_file(job: FileJob) -> list[Diagnostic]:
             data = fh.read()
     except OSError as exc:
         return _meta(IO_ERROR.code, f"cannot read file: {exc.strerror or exc}", job.path, job.codes)
+    if job.path.endswith(".ipynb"):
+        from stabcheck.notebook import check_notebook
+
+        return check_notebook(data, job.path, job.codes)
     try:
         source = decode(data)
     except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
         return _meta(SYNTAX_ERROR.code, f"cannot decode file: {_decode_reason(exc, data)}", job.path, job.codes)
-    return check_source(source, job.path, job.codes)
+    return check_source(source, job.path, job.codes, job.package, _PROJECT.get if _PROJECT else None)
 
 
 def check_jobs(jobs: list[FileJob], workers: int | None = None) -> list[Diagnostic]:
-    """Check files, in a process pool when there are enough of them."""
+    """Check files, in a process pool when there are enough of them: first
+    the project's module summaries, then every file with them."""
     workers = workers or os.cpu_count() or 1
-    out: list[Diagnostic] = []
-    if workers <= 1 or len(jobs) < _POOL_THRESHOLD:
-        _raise_recursion_limit()
-        for job in jobs:
-            out.extend(check_file(job))
-    else:
-        chunk = max(1, min(64, len(jobs) // (workers * 8)))
-        with ProcessPoolExecutor(max_workers=workers, initializer=_raise_recursion_limit) as pool:
+    pool = None
+    if workers > 1 and len(jobs) >= _POOL_THRESHOLD:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_raise_recursion_limit)
+    try:
+        index = project.build_index([job.path for job in jobs], pool.map if pool else map)
+        _install_project(index)
+        fingerprint = project.digest(index)
+        jobs = [replace(job, package=project.module_of(job.path)[1], project=fingerprint) for job in jobs]
+        out: list[Diagnostic] = []
+        if pool is None:
+            for job in jobs:
+                out.extend(check_file(job))
+        else:
+            pool.shutdown()
+            # A fresh pool: its workers receive the summaries at start.
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=_install_project, initargs=(index,))
+            chunk = max(1, min(64, len(jobs) // (workers * 8)))
             for diags in pool.map(check_file, jobs, chunksize=chunk):
                 out.extend(diags)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     out.sort(key=Diagnostic.sort_key)
     return out
 
