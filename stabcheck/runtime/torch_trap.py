@@ -173,7 +173,7 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
     out["min"] = float(vals.min()) if vals.numel() else None
     out["max"] = float(vals.max()) if vals.numel() else None
     out["zeros"] = int((f == 0).sum())
-    out["negatives"] = int((f < 0).sum())
+    out["negatives"] = int((vals < 0).sum())  # finite ones; -inf is counted apart
     out["nan"] = int(torch.isnan(f).sum())
     pinf, ninf = int((f == math.inf).sum()), int((f == -math.inf).sum())
     out["inf"] = pinf + ninf
@@ -364,11 +364,10 @@ class _FlagMode(TorchDispatchMode):
         if trap.busy:
             return out
         skip, writer = self._op_info(func)
-        flat = tree_flatten((args, kwargs))[0] if kwargs else tree_flatten(args)[0]
         has_input = False
         tainted = False
         taint = self.taint
-        for a in flat:
+        for a in _flat_args(args, kwargs):
             if isinstance(a, torch.Tensor):
                 has_input = True
                 if taint:
@@ -378,7 +377,10 @@ class _FlagMode(TorchDispatchMode):
                         break
             elif writer and isinstance(a, float) and math.isinf(a):
                 tainted = True
-        outs = _float_tensors(out)
+        if type(out) is torch.Tensor:
+            outs = [out] if out.is_floating_point() else []
+        else:
+            outs = _float_tensors(out)
         if tainted:
             for o in outs:
                 taint[id(o)] = weakref.ref(o)
@@ -411,6 +413,21 @@ def _resolve(where) -> Location | None:
     if isinstance(where, (ModuleEvent, OpEvent)):
         return where.location
     return _loc_of(_caller(where))
+
+
+def _flat_args(args, kwargs):
+    """Tensors and scalars of an aten call (aten args nest at most one level: Tensor[] lists)."""
+    for a in args:
+        if type(a) in (list, tuple):
+            yield from a
+        else:
+            yield a
+    if kwargs:
+        for a in kwargs.values():
+            if type(a) in (list, tuple):
+                yield from a
+            else:
+                yield a
 
 
 def _node_name():
