@@ -19,6 +19,7 @@ import sys
 import tokenize
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 
 from stabcheck.checks import CHECKS, INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR, UNUSED_NOQA
 from stabcheck import project
@@ -126,7 +127,9 @@ def check_jobs(jobs: list[FileJob], workers: int | None = None) -> list[Diagnost
     if workers > 1 and len(jobs) >= _POOL_THRESHOLD:
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_raise_recursion_limit)
     try:
-        index = project.build_index([job.path for job in jobs], pool.map if pool else map)
+        chunk = max(1, min(64, len(jobs) // (workers * 8)))
+        summarize = partial(pool.map, chunksize=chunk) if pool else map
+        index = project.build_index([job.path for job in jobs], summarize)
         _install_project(index)
         fingerprint = project.digest(index)
         jobs = [replace(job, package=project.module_of(job.path)[1], project=fingerprint) for job in jobs]
@@ -138,7 +141,6 @@ def check_jobs(jobs: list[FileJob], workers: int | None = None) -> list[Diagnost
             pool.shutdown()
             # A fresh pool: its workers receive the summaries at start.
             pool = ProcessPoolExecutor(max_workers=workers, initializer=_install_project, initargs=(index,))
-            chunk = max(1, min(64, len(jobs) // (workers * 8)))
             for diags in pool.map(check_file, jobs, chunksize=chunk):
                 out.extend(diags)
     finally:
