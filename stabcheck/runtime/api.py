@@ -77,8 +77,11 @@ class trap(contextlib.ContextDecorator):
     def __enter__(self):
         global _depth
         with _lock:
+            # importing torch may start a pending `stabcheck run` trap (then this one nests in it)
+            import torch  # noqa: F401
+
             _depth += 1
-            if _depth == 1:
+            if _trap is None:
                 try:
                     _install(self.config)
                 except BaseException:

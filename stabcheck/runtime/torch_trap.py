@@ -30,6 +30,7 @@ gradient, and localizes when the step cannot be replayed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -905,7 +906,9 @@ class TorchTrap:
             return mapping.get(id(x), x) if isinstance(x, torch.Tensor) else x
 
         try:
-            with torch.autograd.set_detect_anomaly(True, check_nan=False):
+            # the replay re-runs the user's forward code: whatever it prints was printed already
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                    torch.autograd.set_detect_anomaly(True, check_nan=False):
                 for index, event in enumerate(events):
                     check.event, check.event_index = event, index
                     args, kwargs = tree_map(sub, event.args), tree_map(sub, event.kwargs)
@@ -928,7 +931,8 @@ class TorchTrap:
                     for a, b in zip(orig_leaves, new_leaves):
                         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
                             mapping[id(a)] = b
-            if check.found is None and self.roots is not None:
+            # a non-finite loss must come from the forward: replay backward only for gradient findings
+            if check.found is None and self.roots is not None and detected_at not in ("loss", "backward"):
                 roots, grad_tensors = self.roots
                 replayed = [mapping.get(id(r)) for r in roots]
                 if all(r is not None and r.requires_grad for r in replayed):

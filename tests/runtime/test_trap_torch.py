@@ -125,3 +125,17 @@ def test_torchrun_each_rank_reports(tmp_path):
         assert (report["op"], report["phase"], report["step"]) == ("aten.log.default", "forward", 2)
         assert report["location"]["line"] == line_of(path, "# FAULT")
         assert report["module"] == "model.module"
+
+
+def test_api_inside_stabcheck_run_nests(run_trap, tmp_path):
+    script = tmp_path / "nested.py"
+    script.write_text("import stabcheck\n"
+                      "with stabcheck.trap():\n"
+                      "    import torch\n"
+                      "    x = torch.zeros(2, requires_grad=True)\n"
+                      "    torch.log(x).sum().backward()\n")
+    result = run_trap(script)
+    assert result.returncode == 3, result.stderr
+    assert result.report["detected"]["at"] == "backward"
+    assert result.report["detected"]["location"]["line"] == 5
+    assert "Traceback" not in result.stderr
