@@ -35,13 +35,16 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--select", metavar="CODES", help="comma-separated codes or prefixes to enable (e.g. STB0,STB101; ALL)")
     check.add_argument("--ignore", metavar="CODES", help="comma-separated codes or prefixes to disable")
     check.add_argument("--extend-select", metavar="CODES", help="codes or prefixes to enable on top of the configured ones")
-    check.add_argument("--output-format", choices=("text", "json"), default=None, help="report format (default: text)")
+    check.add_argument("--output-format", choices=("text", "json", "sarif", "github"), default=None,
+                       help="report format (default: text; sarif for code scanning, github for Actions annotations)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when findings are reported")
     check.add_argument("--config", metavar="PYPROJECT", help="read [tool.stabcheck] from this file instead of the nearest pyproject.toml")
     check.add_argument("--isolated", action="store_true", help="ignore every configuration file")
     check.add_argument("-j", "--jobs", type=int, default=None, metavar="N", help="worker processes (default: all cores; 1 = no pool)")
     check.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
     check.add_argument("--statistics", action="store_true", help="print one line per rule with its count instead of each finding")
+    check.add_argument("--no-cache", action="store_true", help="neither read nor write .stabcheck_cache/")
+    check.add_argument("--add-noqa", action="store_true", help="append `# noqa: CODES` to every line with a finding, then exit")
 
     explain = sub.add_parser("explain", help="print a rule's catalog page")
     explain.add_argument("rule", metavar="CODE_OR_SLUG")

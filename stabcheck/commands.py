@@ -24,6 +24,7 @@ def _use_color(args) -> bool:
 
 def run_check(args) -> int:
     from stabcheck import config
+    from stabcheck.cache import Cache, cache_dir
     from stabcheck.checks import INTERNAL_ERROR
     from stabcheck.engine import FileJob, check_jobs
     from stabcheck.files import PerFileIgnores, discover
@@ -65,7 +66,14 @@ def run_check(args) -> int:
         if extra not in enabled_by_ignores:
             enabled_by_ignores[extra] = settings.enabled(list(extra))
         jobs.append(FileJob(path, enabled_by_ignores[extra]))
-    diags = check_jobs(jobs, args.jobs)
+    cache = None if args.no_cache or os.environ.get("STABCHECK_NO_CACHE") else Cache(cache_dir(settings))
+    diags = check_jobs(jobs, args.jobs, cache)
+
+    if args.add_noqa:
+        from stabcheck import noqa_tools
+
+        noqa_tools.report(*noqa_tools.add_noqa(diags), sys.stderr)
+        return EXIT_ERROR if missing else EXIT_CLEAN
 
     fmt = args.output_format or "text"
     writer = write_statistics if args.statistics and fmt == "text" else WRITERS[fmt]

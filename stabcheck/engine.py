@@ -119,9 +119,10 @@ def check_file(job: FileJob) -> list[Diagnostic]:
     return check_source(source, job.path, job.codes, job.package, _PROJECT.get if _PROJECT else None)
 
 
-def check_jobs(jobs: list[FileJob], workers: int | None = None) -> list[Diagnostic]:
+def check_jobs(jobs: list[FileJob], workers: int | None = None, cache=None) -> list[Diagnostic]:
     """Check files, in a process pool when there are enough of them: first
-    the project's module summaries, then every file with them."""
+    the project's module summaries, then every file with them. A
+    `cache.Cache` serves both phases for files whose key it knows."""
     workers = workers or os.cpu_count() or 1
     pool = None
     if workers > 1 and len(jobs) >= _POOL_THRESHOLD:
@@ -129,10 +130,11 @@ def check_jobs(jobs: list[FileJob], workers: int | None = None) -> list[Diagnost
     try:
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
         summarize = partial(pool.map, chunksize=chunk) if pool else map
-        index = project.build_index([job.path for job in jobs], summarize)
+        index = project.build_index([job.path for job in jobs], cache.summaries(summarize) if cache else summarize)
         _install_project(index)
         fingerprint = project.digest(index)
         jobs = [replace(job, package=project.module_of(job.path)[1], project=fingerprint) for job in jobs]
+        hits, jobs = cache.lookup(jobs) if cache else ([], jobs)
         out: list[Diagnostic] = []
         if pool is None:
             for job in jobs:
@@ -146,6 +148,9 @@ def check_jobs(jobs: list[FileJob], workers: int | None = None) -> list[Diagnost
     finally:
         if pool is not None:
             pool.shutdown()
+    if cache is not None:
+        cache.store(jobs, out)
+    out += hits
     out.sort(key=Diagnostic.sort_key)
     return out
 

@@ -10,7 +10,7 @@ import pathspec
 
 from stabcheck.config import Settings
 
-SOURCE_SUFFIXES = (".py",)
+SOURCE_SUFFIXES = (".py", ".ipynb")
 
 
 class _Matcher:

@@ -41,3 +41,51 @@ class Suppressions:
             if "*" in codes or code in codes:
                 return True
         return False
+
+
+def _comments(source: str):
+    """(row, col0, text) of each real comment: not text inside a string."""
+    import io
+    import tokenize
+
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                yield tok.start[0], tok.start[1], tok.string
+    except (tokenize.TokenError, SyntaxError):
+        return
+
+
+def unused_noqa(source: str, fired: set[tuple[str, int]], codes: frozenset[str], path: str) -> list:
+    """STB903: `# noqa: STB...` codes that suppress nothing on their line.
+
+    `fired` holds (code, row) of every finding before suppression. Only STB
+    codes are judged (other tools' codes are theirs), only for rules enabled
+    on this file (a code switched off by configuration is not known to be
+    unused), and a bare `# noqa` is left alone, as ruff does. Unknown STB codes
+    are reported too."""
+    from stabcheck.checks import RULES, UNUSED_NOQA
+    from stabcheck.diagnostics import Diagnostic
+
+    if UNUSED_NOQA.code not in codes or "noqa" not in source.lower():
+        return []
+    suppressions = Suppressions(source)
+    out = []
+    for row, col0, comment in _comments(source):
+        for m in _LINE.finditer(comment):
+            if not m.group("codes"):
+                continue
+            listed = [c for c in _SPLIT.split(m.group("codes").strip()) if c.startswith("STB") and c != UNUSED_NOQA.code]
+            unused = [c for c in listed if c in RULES and c in codes and (c, row) not in fired]
+            unknown = [c for c in listed if c not in RULES]
+            if not (unused or unknown) or suppressions.suppressed(UNUSED_NOQA.code, row):
+                continue
+            parts = []
+            if unused:
+                parts.append(f"{', '.join(unused)} suppress{'es' * (len(unused) == 1)} nothing on this line")
+            if unknown:
+                parts.append(f"unknown code{'s' * (len(unknown) > 1)} {', '.join(unknown)}")
+            message = f"unused `noqa` directive: {'; '.join(parts)}; remove {'it' if len(unused) + len(unknown) == 1 else 'them'}"
+            start, end = col0 + m.start() + 1, col0 + m.end() + 1
+            out.append(Diagnostic(UNUSED_NOQA.code, message, path, row, start, row, end))
+    return out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from stabcheck.report.github import write_github
 from stabcheck.report.json_format import write_json
+from stabcheck.report.sarif import write_sarif
 from stabcheck.report.text import write_statistics, write_text
 
-WRITERS = {"text": write_text, "json": write_json}
+WRITERS = {"text": write_text, "json": write_json, "sarif": write_sarif, "github": write_github}
 
-__all__ = ["WRITERS", "write_json", "write_statistics", "write_text"]
+__all__ = ["WRITERS", "write_github", "write_json", "write_sarif", "write_statistics", "write_text"]

@@ -1,4 +1,8 @@
-"""A JSON list of ruff-shaped objects, 1-based rows and columns."""
+"""A JSON list of ruff-shaped objects, 1-based rows and columns.
+
+Notebook findings add `"cell": N` (1-based, among all cells) and count rows
+within that cell, as ruff does.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from stabcheck.diagnostics import Diagnostic
 
 
 def to_dict(d: Diagnostic) -> dict:
-    return {
+    out = {
         "code": d.code,
         "message": d.message,
         "filename": os.path.abspath(d.path),
@@ -20,6 +24,9 @@ def to_dict(d: Diagnostic) -> dict:
         "url": None,
         "noqa_row": d.row,
     }
+    if d.cell is not None:
+        out["cell"] = d.cell
+    return out
 
 
 def write_json(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:

@@ -1,23 +1,18 @@
-"""`path:row:col: CODE message`, then a summary; colour only on a terminal."""
+"""`path:row:col: CODE message` (notebooks: `nb.ipynb:cell 3:row:col:`), then a
+summary; colour only on a terminal."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from typing import TextIO
 
 from stabcheck.diagnostics import Diagnostic
+from stabcheck.report.locations import display_path, where
+
+__all__ = ["display_path", "summary", "write_statistics", "write_text"]
 
 
-def display_path(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
-
-
-def _summary(diags: list[Diagnostic]) -> str:
+def summary(diags: list[Diagnostic]) -> str:
     if not diags:
         return "All checks passed!"
     n = len(diags)
@@ -32,15 +27,14 @@ def write_text(diags: list[Diagnostic], out: TextIO, color: bool = False) -> Non
 
         console = Console(file=out, highlight=False, soft_wrap=True)
         for d in diags:
-            console.print(
-                f"[bold]{escape(display_path(d.path))}[/]:{d.row}:{d.col}: "
-                f"[bold red]{d.code}[/] {escape(d.message)}"
-            )
-        console.print(_summary(diags), style="bold" if diags else "green")
+            path = display_path(d.path)
+            pos = where(d)[len(path):]
+            console.print(f"[bold]{escape(path)}[/]{escape(pos)}: [bold red]{d.code}[/] {escape(d.message)}")
+        console.print(summary(diags), style="bold" if diags else "green")
         return
     for d in diags:
-        out.write(f"{display_path(d.path)}:{d.row}:{d.col}: {d.code} {d.message}\n")
-    out.write(_summary(diags) + "\n")
+        out.write(f"{where(d)}: {d.code} {d.message}\n")
+    out.write(summary(diags) + "\n")
 
 
 def write_statistics(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:
@@ -50,4 +44,4 @@ def write_statistics(diags: list[Diagnostic], out: TextIO, color: bool = False) 
     for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         rule = RULES.get(code)
         out.write(f"{n:5d}\t{code}\t{rule.slug if rule else ''}\n")
-    out.write(_summary(diags) + "\n")
+    out.write(summary(diags) + "\n")

@@ -1,0 +1,51 @@
+"""GitHub Actions workflow commands: one `::error` annotation per finding.
+
+    ::error file=train.py,line=4,col=5,endLine=4,endColumn=45,title=STB001::log of softmax ...
+
+Escaping follows `@actions/core`: `%`, CR and LF in the message; also `:`
+and `,` in property values. Columns are given only for single-line spans
+(GitHub ignores them otherwise). Notebook findings point at the line of the
+.ipynb file and name the cell in the message.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from stabcheck.diagnostics import Diagnostic
+from stabcheck.report.locations import Physical, display_path, repo_relative
+from stabcheck.report.text import summary
+
+
+def escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def annotation(d: Diagnostic, physical: Physical) -> str:
+    span = physical.span(d)
+    message = d.message
+    if d.cell is not None:
+        message = f"cell {d.cell}:{d.row}:{d.col}: {message}"
+    props = {"file": repo_relative(d.path) or display_path(d.path)}
+    if span is not None:
+        row, col, end_row, end_col = span
+        props["line"] = str(row)
+        if row == end_row:
+            props["col"] = str(col)
+        props["endLine"] = str(end_row)
+        if row == end_row:
+            props["endColumn"] = str(end_col)
+    props["title"] = d.code
+    fields = ",".join(f"{k}={escape_property(v)}" for k, v in props.items())
+    return f"::error {fields}::{escape_data(message)}"
+
+
+def write_github(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:
+    physical = Physical()
+    for d in diags:
+        out.write(annotation(d, physical) + "\n")
+    out.write(summary(diags) + "\n")

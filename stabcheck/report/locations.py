@@ -1,0 +1,85 @@
+"""Where a finding is, for humans and for CI.
+
+`where(d)` is the text form (`path:row:col`, or `nb.ipynb:cell 3:row:col`).
+`Physical` maps a notebook finding, reported per cell, to the line and
+columns of the .ipynb file itself, so CI annotations land on a line of the
+diff; it returns None when the notebook does not store one source line per
+JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from stabcheck.diagnostics import Diagnostic
+
+
+def display_path(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def repo_relative(path: str) -> str | None:
+    """POSIX path relative to the working directory, or None if outside it."""
+    try:
+        rel = os.path.relpath(os.path.abspath(path))
+    except ValueError:
+        return None
+    return None if rel.startswith("..") else Path(rel).as_posix()
+
+
+def cell_prefix(d: Diagnostic) -> str:
+    return "" if d.cell is None else f"cell {d.cell}:"
+
+
+def where(d: Diagnostic) -> str:
+    return f"{display_path(d.path)}:{cell_prefix(d)}{d.row}:{d.col}"
+
+
+class Physical:
+    """Spans in the file on disk; notebooks are read once each."""
+
+    def __init__(self):
+        self._files: dict[str, tuple[list[str], dict[int, int]]] = {}
+
+    def _notebook(self, path: str) -> tuple[list[str], dict[int, int]]:
+        if path not in self._files:
+            from stabcheck.notebook import source_line_numbers
+
+            try:
+                with open(path, encoding="utf-8-sig") as fh:
+                    text = fh.read()
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            self._files[path] = (text.split("\n"), source_line_numbers(text))
+        return self._files[path]
+
+    def span(self, d: Diagnostic) -> tuple[int, int, int, int] | None:
+        """(row, col, end_row, end_col), 1-based, end column exclusive."""
+        if d.cell is None:
+            return d.row, d.col, d.end_row, d.end_col
+        lines, first = self._notebook(d.path)
+        if d.cell not in first:
+            return None
+        row = first[d.cell] + d.row - 1
+        end_row = first[d.cell] + d.end_row - 1
+        return row, self._col(lines, row, d.col), end_row, self._col(lines, end_row, d.end_col)
+
+    @staticmethod
+    def _col(lines: list[str], row: int, col: int) -> int:
+        """Column of a cell-source character in its JSON string literal."""
+        if not 0 < row <= len(lines):
+            return col
+        literal = lines[row - 1]
+        indent = len(literal) - len(literal.lstrip())
+        try:
+            text = json.loads(literal.strip().rstrip(","))
+        except ValueError:
+            return col
+        ascii_only = literal.strip().rstrip(",") == json.dumps(text)
+        return indent + 1 + len(json.dumps(text[: col - 1], ensure_ascii=ascii_only)) - 1
