@@ -962,7 +962,7 @@ class Walker:
             return None
         if op == N.CLAMP:
             if isinstance(x_val, Cosine):
-                return Cosine(x_val.node, guarded=True)
+                return Cosine(x_val.node, guarded=_clamps_inside_unit(func, node, qual))
             lo = func.lo is not None and _useful_bound(_arg(node, *func.lo), low=True)
             hi = func.hi is not None and _useful_bound(_arg(node, *func.hi), low=False)
             return _guard(x_val, lo, hi)
@@ -1111,3 +1111,17 @@ def _sign_of_product(a, b):
         elif isinstance(x, NonPos) and (y is None or isinstance(y, _NONNEG)):
             return NonPos()
     return None
+
+
+def _clamps_inside_unit(func: N.Func, node: ast.Call, qual: str | None) -> bool:
+    """Does a clamp keep a cosine where acos is differentiable? With autodiff
+    the bounds must be strictly inside (-1, 1); NumPy only needs [-1, 1]."""
+    lo = _arg(node, *func.lo) if func.lo else None
+    hi = _arg(node, *func.hi) if func.hi else None
+    if lo is None or hi is None:
+        return False
+    strict = qual is None or N.framework_of(qual) in N.AUTODIFF_ROOTS
+    for bound, inside in ((const_value(lo), lambda v: v > -1.0), (const_value(hi), lambda v: v < 1.0)):
+        if bound is not None and (inside(bound) if strict else abs(bound) <= 1.0) is False:
+            return False
+    return True

@@ -4,7 +4,7 @@ from stabcheck.checks.base import Check
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.10g}"
+    return repr(x)
 
 
 class EpsilonAbsorbed(Check):
