@@ -520,7 +520,8 @@ class TorchTrap:
         self.flag_ops: list = []
         self.mod_stack: list = []
         self.track_modules = config.per_op
-        self.window_open = False
+        self.window_open = False  # recording the user's torch calls
+        self.tail_pushed = False  # the recording mode is on the torch function mode stack
         self.tail_mode = _TailMode(self)
         self.flag_mode = _FlagMode(self) if config.per_op else None
         self.handles: list = []
@@ -583,15 +584,18 @@ class TorchTrap:
 
     # -- the tail window ----------------------------------------------------
     def open_window(self) -> None:
-        if not self.window_open:
+        self.window_open = True
+        if not self.tail_pushed:
             self.tail_mode.__enter__()
-            self.window_open = True
+            self.tail_pushed = True
 
     def close_window(self) -> None:
-        if self.window_open:
-            self.window_open = False
-            if _get_current_function_mode() is self.tail_mode:
-                self.tail_mode.__exit__(None, None, None)
+        """Stop recording. The mode leaves the stack now if it is on top; inside its own handler
+        (a check fired from backward() or a loss function) it is popped at the next boundary."""
+        self.window_open = False
+        if self.tail_pushed and _get_current_function_mode() is self.tail_mode:
+            self.tail_mode.__exit__(None, None, None)
+            self.tail_pushed = False
 
     # -- boundaries -----------------------------------------------------------
     @property
@@ -701,7 +705,7 @@ class TorchTrap:
         """Global optimizer step pre-hook: gradients (and pending values) checked before the update."""
         if self.busy:
             return
-        if self.window_open:
+        if self.tail_pushed:
             self.close_window()
         self.saw_optimizer = True
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -751,7 +755,7 @@ class TorchTrap:
         self.busy += 1
         try:
             by_device: dict = {}
-            for i, (value, *_rest) in enumerate(pending):
+            for value, *_rest in pending:
                 by_device.setdefault(value.device, []).append(value)
             if grads:
                 per_device: dict = {}

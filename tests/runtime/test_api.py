@@ -139,3 +139,22 @@ def test_no_host_sync_per_op_on_cuda():
                 opt.step()
         assert info.value.report.op == "aten.log.default"
         assert info.value.report.inputs[0]["device"].startswith("cuda")
+
+
+def test_warn_mode_leaves_no_mode_behind():
+    """A trap fired from inside backward() (hand-written loss) must not leak its recording mode."""
+    before = _globals()
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with stabcheck.trap(action="warn", quiet=True) as trap:
+        for step in range(4):
+            p = torch.sigmoid(model(torch.rand(4, 3) * (500.0 if step == 1 else 1.0)))
+            loss = -torch.log(1 - p).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            assert torch._C._len_torch_function_stack() <= 1
+    assert trap.incidents == 1
+    assert trap.first_report.op == "aten.log.default"
+    assert _globals() == before
