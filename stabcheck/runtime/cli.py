@@ -7,6 +7,7 @@ everything after belongs to the script and is never parsed here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from stabcheck.runtime.config import EXIT_TRAPPED
@@ -78,5 +79,6 @@ def main(argv: list[str]) -> int:
     from stabcheck.runtime.config import TrapConfig
     from stabcheck.runtime.runner import run
 
-    config = TrapConfig(action=ns.action, report_json=ns.report_json, per_op=ns.per_op, quiet=ns.quiet)
+    report_json = os.path.abspath(ns.report_json) if ns.report_json else None  # the script may chdir
+    config = TrapConfig(action=ns.action, report_json=report_json, per_op=ns.per_op, quiet=ns.quiet)
     return run(config, target, args, module=module)

@@ -65,6 +65,8 @@ BACKWARD: dict[str, tuple[str | None, str]] = {
 PARAMETER_HINT = ("a parameter is already non-finite before this step: a previous update diverged (learning rate too high, "
                   "no gradient clipping, float16 without loss scaling) or the checkpoint it was loaded from is corrupt")
 INPUT_HINT = "the data fed to the model already contains NaN/Inf: check the data pipeline and its normalisation"
+UNREPLAYABLE_HINT = ("the step could not be replayed (no nn.Module call was recorded before it, or it was too long); "
+                     "rerun with --per-op to check every op as it runs and name the one that produced the value")
 UNLOCALIZED_HINT = ("the value became non-finite but replaying the step did not reproduce it (nondeterministic kernels, "
                     "compiled code, or state the replay cannot see); rerun with --per-op to check every op as it runs")
 

@@ -1007,11 +1007,12 @@ class TorchTrap:
         if finding is None:
             kind = kind_hint or (_kind(value) if isinstance(value, torch.Tensor) else None) or "nan"
             loc = detected.get("location")
-            note = "replay did not reproduce" if self.events and not self.overflowed else "step could not be replayed"
+            replayable = bool(self.events) and not self.overflowed
+            note = "replay did not reproduce" if replayable else "step could not be replayed"
             if self.replay_error:
                 note = f"replay failed ({self.replay_error})"
             detected = dict(detected, message=f"{detected['message']}; {note}")
-            rule, hint = None, hints.UNLOCALIZED_HINT
+            rule, hint = None, hints.UNLOCALIZED_HINT if replayable else hints.UNREPLAYABLE_HINT
             report = TrapReport(phase="unknown", kind=kind, location=Location(**loc) if loc else None,
                                 outputs=[tensor_stats(value)] if isinstance(value, torch.Tensor) else [],
                                 hint=hint, rule=rule, detected=detected, localized="no")
