@@ -38,6 +38,9 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output-format", choices=("text", "json", "sarif", "github"), default=None,
                        help="report format (default: text; sarif for code scanning, github for Actions annotations)")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when findings are reported")
+    check.add_argument("--fix", action="store_true", help="apply the safe fixes and report what remains")
+    check.add_argument("--unsafe-fixes", action="store_true", help="with --fix or --diff: also apply the unsafe fixes")
+    check.add_argument("--diff", action="store_true", help="print the fixes as a unified diff instead of writing them")
     check.add_argument("--config", metavar="PYPROJECT", help="read [tool.stabcheck] from this file instead of the nearest pyproject.toml")
     check.add_argument("--isolated", action="store_true", help="ignore every configuration file")
     check.add_argument("-j", "--jobs", type=int, default=None, metavar="N", help="worker processes (default: all cores; 1 = no pool)")

@@ -75,9 +75,32 @@ def run_check(args) -> int:
         noqa_tools.report(*noqa_tools.add_noqa(diags), sys.stderr)
         return EXIT_ERROR if missing else EXIT_CLEAN
 
+    fixed = 0
+    if args.fix or args.diff:
+        from stabcheck.autofix import fix_files
+
+        before = len(diags)
+        diags, fixed = fix_files(diags, jobs, args.unsafe_fixes, args.diff, sys.stdout)
+        if args.diff:
+            sys.stdout.flush()
+            print(f"Would fix {fixed} problem{'s' * (fixed != 1)} ({before} found).", file=sys.stderr)
+            return EXIT_FINDINGS if fixed else EXIT_CLEAN
+    from stabcheck.autofix import visible
+
+    diags, hidden = visible(diags, args.unsafe_fixes)
+
     fmt = args.output_format or "text"
     writer = write_statistics if args.statistics and fmt == "text" else WRITERS[fmt]
     writer(diags, sys.stdout, color=_use_color(args))
+    if fmt == "text":
+        fixable = sum(1 for d in diags if d.fix is not None)
+        if fixed:
+            print(f"Fixed {fixed} problem{'s' * (fixed != 1)}.")
+        if fixable:
+            note = f" ({hidden} more with --unsafe-fixes)" if hidden else ""
+            print(f"[*] {fixable} fixable with --fix{note}.")
+        elif hidden:
+            print(f"{hidden} fix{'es' * (hidden != 1)} available with --fix --unsafe-fixes.")
     sys.stdout.flush()
 
     if missing or any(d.code == INTERNAL_ERROR.code for d in diags):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import io
 import os
-import re
 import sys
 import tokenize
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +23,8 @@ from functools import partial
 from stabcheck.checks import CHECKS, INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR, UNUSED_NOQA
 from stabcheck import project
 from stabcheck.diagnostics import Diagnostic
+from stabcheck.fixes import FixContext
+from stabcheck.source import SourceMap
 from stabcheck.flow import EVENTS, Walker
 from stabcheck.suppress import Suppressions, unused_noqa
 
@@ -75,13 +76,16 @@ def check_source(
     checks = [check for check in CHECKS if check.code in codes]
     if not checks:
         return []
-    positions = _Positions(source, path)
-    raw: list[tuple[str, ast.AST, str]] = []
-    report = lambda code, node, message: raw.append((code, node, message))  # noqa: E731
-    instances = [check(report) for check in checks]
+    smap = SourceMap(source)
+    raw: list[tuple] = []
+    report = lambda code, node, message, fix=None: raw.append((code, node, message, fix))  # noqa: E731
+    ctx = FixContext(smap, tree, None)
+    instances = [check(report, ctx) for check in checks]
     listeners = {ev: [getattr(c, "on_" + ev) for c in instances if hasattr(c, "on_" + ev)] for ev in EVENTS}
     try:
-        Walker(listeners, resolver, package).run(tree)
+        walker = Walker(listeners, resolver, package)
+        ctx.scope = walker.scope
+        walker.run(tree)
     except RecursionError:
         return _meta(INTERNAL_ERROR.code, "expression nesting too deep to analyse; file skipped", path, codes)
     except Exception as exc:  # a bug in stabcheck: report it on the file, keep going
@@ -92,13 +96,13 @@ def check_source(
     out = []
     seen = set()
     fired = set()
-    for code, node, message in raw:
-        row, col, end_row, end_col = positions.span(node)
+    for code, node, message, fix in raw:
+        row, col, end_row, end_col = smap.span(node)
         fired.add((code, row))
         if suppressions.suppressed(code, row) or (code, row, col) in seen:
             continue
         seen.add((code, row, col))
-        out.append(Diagnostic(code, message, path, row, col, end_row, end_col))
+        out.append(Diagnostic(code, message, path, row, col, end_row, end_col, fix=fix))
     return out + unused_noqa(source, fired, codes, path)
 
 
@@ -192,26 +196,3 @@ def _decode_reason(exc: Exception, data: bytes) -> str:
         row = data.count(b"\n", 0, exc.start) + 1
         return f"invalid {exc.encoding} byte 0x{data[exc.start]:02x} at line {row}"
     return str(exc)
-
-
-class _Positions:
-    """`ast` gives UTF-8 byte columns; users count characters."""
-
-    def __init__(self, source: str, path: str):
-        self._source = source
-        self._lines: list[str] | None = None
-
-    def _char_col(self, row: int, byte_col: int) -> int:
-        if self._lines is None:
-            self._lines = re.split(r"\r\n|\r|\n", self._source)
-        line = self._lines[row - 1] if 0 < row <= len(self._lines) else ""
-        if line.isascii():
-            return byte_col + 1
-        return len(line.encode("utf-8")[:byte_col].decode("utf-8", "replace")) + 1
-
-    def span(self, node: ast.AST) -> tuple[int, int, int, int]:
-        row = getattr(node, "lineno", 1)
-        end_row = getattr(node, "end_lineno", None) or row
-        col = self._char_col(row, getattr(node, "col_offset", 0))
-        end_col = self._char_col(end_row, getattr(node, "end_col_offset", None) or 0)
-        return row, col, end_row, end_col

@@ -179,7 +179,8 @@ def check_notebook(data: bytes, path: str, codes: frozenset[str]) -> list[Diagno
         cell, row = nb.locate(d.row)
         end_row = max(d.end_row - (d.row - row), row)
         message = _LINE_REF.sub(cell_line, d.message)  # " (made at line 12)" names a row of the joined source
-        out.append(dataclasses.replace(d, message=message, cell=cell, row=row, end_row=end_row))
+        # Fix offsets are in the joined cells' text: not applicable to the file.
+        out.append(dataclasses.replace(d, message=message, cell=cell, row=row, end_row=end_row, fix=None))
     return out
 
 

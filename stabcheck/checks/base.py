@@ -1,14 +1,15 @@
-"""What every check shares: identity, prefilter words, and `report`."""
+"""What every check shares: identity, `report`, and the fix context."""
 
 from __future__ import annotations
 
 import ast
 from typing import Callable
 
+from stabcheck.fixes import Fix, FixContext
 from stabcheck.values import Prob
 
 # A reported finding before positions are turned into rows and columns.
-Report = Callable[[str, ast.AST, str], None]
+Report = Callable[[str, ast.AST, str, "Fix | None"], None]
 
 
 class Check:
@@ -16,11 +17,21 @@ class Check:
     slug: str = ""
     summary: str = ""  # one line, for `stabcheck rules`
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, ctx: FixContext | None = None):
         self._report = report
+        self.ctx = ctx  # None: fixes are not wanted (or not possible)
 
-    def report(self, node: ast.AST, message: str) -> None:
-        self._report(self.code, node, message)
+    def report(self, node: ast.AST, message: str, fix: Fix | None = None) -> None:
+        self._report(self.code, node, message, fix)
+
+    def fix(self, builder, *args) -> Fix | None:
+        """Run a fix builder; a fix that cannot be written safely is None."""
+        if self.ctx is None:
+            return None
+        try:
+            return builder(self.ctx, *args)
+        except (IndexError, KeyError, AttributeError, ValueError):
+            return None
 
 
 def line_of(node: ast.AST | None) -> int | None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from stabcheck import names as N
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check
 from stabcheck.flow import strip
 from stabcheck.values import Prob
@@ -25,4 +26,8 @@ class LogOfSoftmax(Check):
     def on_log(self, node, x_node, x_val):
         if is_direct_softmax(x_node, x_val):
             fix = N.log_softmax_for(x_val.qual) if x_val.qual else "the tensor method .log_softmax(dim)"
-            self.report(node, f"log of softmax is -inf once a class probability underflows to 0; use {fix}")
+            self.report(
+                node,
+                f"log of softmax is -inf once a class probability underflows to 0; use {fix}",
+                self.fix(fixers.log_softmax, node, x_val.node, x_val.qual),
+            )

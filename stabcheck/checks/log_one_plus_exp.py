@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check
 from stabcheck.values import Exp, OnePlusExp
 
@@ -11,15 +12,17 @@ class LogOnePlusExp(Check):
 
     def on_log(self, node, x_node, x_val):
         if isinstance(x_val, OnePlusExp) and not x_val.exp.shifted:
-            self._flag(node, "log(1 + exp(x))")
+            self._flag(node, "log(1 + exp(x))", self.fix(fixers.softplus, node, x_node, x_val.exp))
 
     def on_log1p(self, node, x_node, x_val):
         if isinstance(x_val, Exp) and not x_val.shifted:
-            self._flag(node, "log1p(exp(x))")
+            fix = self.fix(fixers.softplus, node, x_node, x_val) if x_node is x_val.node else None
+            self._flag(node, "log1p(exp(x))", fix)
 
-    def _flag(self, node, what):
+    def _flag(self, node, what, fix):
         self.report(
             node,
             f"{what} is inf once exp(x) overflows (x > ~88.7 in float32), and its gradient NaN; "
             "use softplus(x) (or logaddexp(0, x))",
+            fix,
         )

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check
+from stabcheck.flow import strip
 from stabcheck.values import Red
 
 
@@ -15,4 +17,5 @@ class LogSumExp(Check):
                 node,
                 "log(sum(exp(x))) is inf once any exp(x) overflows (x > ~88.7 in float32) and -inf once all underflow; "
                 "use logsumexp",
+                self.fix(fixers.logsumexp, node, x_val.node, x_val.exp) if strip(x_node) is x_val.node else None,
             )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from stabcheck import names as N
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check, origin, short
 from stabcheck.values import Prob
 
@@ -23,4 +24,5 @@ class SigmoidIntoBce(Check):
                 f"`{short(qual)}` on a sigmoid output{origin(val, arg)}: sigmoid saturates to exactly 0 or 1 "
                 f"in float32 (1.0 already for x > ~16.6) and the loss hits log(0); "
                 f"use {N.logits_loss_for(family, qual)} on the logits",
+                self.fix(fixers.bce_with_logits, node, qual, arg, val.node, val.qual),
             )

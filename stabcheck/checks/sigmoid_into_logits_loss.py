@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from stabcheck import names as N
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check, origin, short
 from stabcheck.values import Prob
 
@@ -19,4 +20,5 @@ class SigmoidIntoLogitsLoss(Check):
                     arg,
                     f"`{short(qual)}` applies a sigmoid itself but receives a sigmoid output{origin(val, arg)}: "
                     "sigmoid(sigmoid(z)) stays in [0.5, 0.73] and cannot fit the labels; pass the logits",
+                    self.fix(fixers.drop_activation, arg, val.node, val.qual, "sigmoid"),
                 )

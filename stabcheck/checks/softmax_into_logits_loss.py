@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from stabcheck import names as N
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check, origin, short
 from stabcheck.values import Prob
 
@@ -19,4 +20,5 @@ class SoftmaxIntoLogitsLoss(Check):
                     arg,
                     f"`{short(qual)}` applies log_softmax itself but receives a softmax output{origin(val, arg)}; "
                     "the double softmax flattens the gradients: pass the logits",
+                    self.fix(fixers.drop_activation, arg, val.node, val.qual, "softmax"),
                 )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check
 from stabcheck.values import Exp
 
@@ -15,4 +16,5 @@ class SqrtOfExp(Check):
                 node,
                 "sqrt(exp(x)) overflows once x > ~88.7 in float32 although exp(0.5 * x) would not until ~177; "
                 "use exp(0.5 * x)",
+                self.fix(fixers.exp_half, node, x_val) if x_node is x_val.node else None,
             )

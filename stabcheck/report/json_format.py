@@ -20,13 +20,32 @@ def to_dict(d: Diagnostic) -> dict:
         "filename": os.path.abspath(d.path),
         "location": {"row": d.row, "column": d.col},
         "end_location": {"row": d.end_row, "column": d.end_col},
-        "fix": None,
+        "fix": _fix(d),
         "url": None,
         "noqa_row": d.row,
     }
     if d.cell is not None:
         out["cell"] = d.cell
     return out
+
+
+def _fix(d: Diagnostic) -> dict | None:
+    """ruff's shape: applicability, message, and edits with 1-based positions."""
+    if d.fix is None:
+        return None
+    from stabcheck.source import SourceMap
+
+    try:
+        with open(d.path, encoding="utf-8") as fh:
+            smap = SourceMap(fh.read())
+    except (OSError, UnicodeDecodeError):
+        return None
+    edits = []
+    for e in d.fix.edits:
+        (row, col), (end_row, end_col) = smap.position(e.start), smap.position(e.end)
+        edits.append({"content": e.content, "location": {"row": row, "column": col},
+                      "end_location": {"row": end_row, "column": end_col}})
+    return {"applicability": d.fix.applicability, "message": d.fix.title, "edits": edits}
 
 
 def write_json(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:

@@ -29,11 +29,13 @@ def write_text(diags: list[Diagnostic], out: TextIO, color: bool = False) -> Non
         for d in diags:
             path = display_path(d.path)
             pos = where(d)[len(path):]
-            console.print(f"[bold]{escape(path)}[/]{escape(pos)}: [bold red]{d.code}[/] {escape(d.message)}")
+            mark = "[*] " if d.fix is not None else ""
+            console.print(f"[bold]{escape(path)}[/]{escape(pos)}: [bold red]{d.code}[/] {escape(mark)}{escape(d.message)}")
         console.print(summary(diags), style="bold" if diags else "green")
         return
     for d in diags:
-        out.write(f"{where(d)}: {d.code} {d.message}\n")
+        mark = "[*] " if d.fix is not None else ""
+        out.write(f"{where(d)}: {d.code} {mark}{d.message}\n")
     out.write(summary(diags) + "\n")
 
 
