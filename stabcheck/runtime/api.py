@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 import threading
 
@@ -172,4 +173,7 @@ def process_startup() -> None:
     """Entry point for spawned children: activate from STABCHECK_RUNTIME, if set."""
     config = TrapConfig.from_env()
     if config is not None:
+        if config.report_json and "RANK" not in os.environ:  # one file per child, never the parent's
+            root, ext = os.path.splitext(config.report_json)
+            config.report_json = f"{root}.pid{os.getpid()}{ext}"
         start(config)

@@ -877,7 +877,8 @@ class TorchTrap:
                                        [], [tensor_stats(p)], "replay")
             for t in _float_tensors((event.args, event.kwargs)):
                 if id(t) not in produced and not bool(torch.isfinite(t).all()):
-                    return Finding("input", None, _kind(t), event.location, None, None, None,
+                    module = _root_name(event.module) if isinstance(event, ModuleEvent) else None
+                    return Finding("input", None, _kind(t), event.location, module, None, None,
                                    [tensor_stats(t)], [], "replay")
             for t in _float_tensors(event.output):
                 produced.add(id(t))
