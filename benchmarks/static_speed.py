@@ -8,6 +8,9 @@ hits every variant alike):
 - bare `ast.parse` (the parser stabcheck uses),
 - stabcheck, one process, all rules,
 - stabcheck with all cores (the default),
+- stabcheck with all cores through the result cache: cold (an empty
+  `.stabcheck_cache/`, filled as it goes) and warm (the rerun of an unchanged
+  tree: files are read and hashed, nothing is parsed),
 
 and the ratios between them. Every variant reads and decodes the files
 itself. Needs `pip install libcst` for the libcst column.
@@ -22,10 +25,12 @@ import ast
 import importlib.util
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from stabcheck import engine
+from stabcheck.cache import DIRNAME, Cache
 from stabcheck.checks import RULES
 from stabcheck.config import Settings
 from stabcheck.files import discover
@@ -51,9 +56,28 @@ def bare_parse(files, parse) -> None:
             pass
 
 
-def stabcheck_run(files, workers: int) -> int:
+def stabcheck_run(files, workers: int, cache: Cache | None = None) -> int:
     jobs = [engine.FileJob(path, frozenset(RULES)) for path in files]
-    return len(engine.check_jobs(jobs, workers))
+    return len(engine.check_jobs(jobs, workers, cache))
+
+
+class CacheRuns:
+    """Cold: a new, empty cache directory each time. Warm: one directory,
+    filled once, opened afresh each time (as a new `stabcheck check` does)."""
+
+    def __init__(self, files, workers: int):
+        self.files, self.workers = files, workers
+        self.tmp = tempfile.TemporaryDirectory(prefix="stabcheck-bench-")
+        self.rounds = 0
+        self.warm_dir = Path(self.tmp.name) / "warm" / DIRNAME
+        stabcheck_run(files, workers, Cache(self.warm_dir))
+
+    def cold(self) -> int:
+        self.rounds += 1
+        return stabcheck_run(self.files, self.workers, Cache(Path(self.tmp.name) / f"cold{self.rounds}" / DIRNAME))
+
+    def warm(self) -> int:
+        return stabcheck_run(self.files, self.workers, Cache(self.warm_dir))
 
 
 def main() -> None:
@@ -72,10 +96,14 @@ def main() -> None:
         libcst = None
         print("libcst is not installed: its column is skipped (pip install libcst)")
 
+    cores = os.cpu_count() or 1
+    cached = CacheRuns(files, cores)
     variants = {
         "ast.parse": lambda: bare_parse(files, ast.parse),
         "stabcheck -j1": lambda: stabcheck_run(files, 1),
-        f"stabcheck -j{os.cpu_count()} (default)": lambda: stabcheck_run(files, os.cpu_count() or 1),
+        f"stabcheck -j{cores} (default)": lambda: stabcheck_run(files, cores),
+        f"stabcheck -j{cores}, cold cache": cached.cold,
+        f"stabcheck -j{cores}, warm cache": cached.warm,
     }
     if libcst is not None:
         variants = {"libcst.parse_module": lambda: bare_parse(files, libcst.parse_module), **variants}
@@ -100,6 +128,9 @@ def main() -> None:
     print(f"  stabcheck -j1 / ast.parse                      = {single / best['ast.parse']:.2f}x")
     par = best[f"stabcheck -j{os.cpu_count()} (default)"]
     print(f"  speed-up with {os.cpu_count()} cores                         = {single / par:.2f}x")
+    cold, warm = best[f"stabcheck -j{cores}, cold cache"], best[f"stabcheck -j{cores}, warm cache"]
+    print(f"  warm cache / cold cache                        = {warm / cold:.1%}  (target <= 10%)")
+    assert cached.warm() == findings, "the warm cache must report what a full check reports"
 
 
 if __name__ == "__main__":
