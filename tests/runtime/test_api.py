@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import line_of
+from runtime_helpers import line_of
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402

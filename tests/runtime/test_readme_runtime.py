@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, _env
+from runtime_helpers import ROOT, _env
 
 pytest.importorskip("torch")
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import FIXTURES, ROOT, _env, python_run
+from runtime_helpers import FIXTURES, ROOT, _env, python_run
 
 SCRIPT = FIXTURES / "script_semantics.py"
 REL = SCRIPT.relative_to(ROOT)

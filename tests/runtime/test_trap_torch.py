@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FIXTURES, line_of, python_run
+from runtime_helpers import FIXTURES, line_of, python_run
 
 pytest.importorskip("torch")
 
@@ -108,7 +108,7 @@ def test_torchrun_each_rank_reports(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT, _env
+    from runtime_helpers import ROOT, _env
 
     pytest.importorskip("torch.distributed")
     path = FIXTURES / "ddp_log_zero.py"
