@@ -35,8 +35,7 @@ def test_manifest_is_valid_and_declares_the_hooks():
         assert hook["language"] == "python"
         assert hook["types_or"] == ["python", "jupyter"]
         assert hook["require_serial"] is True
-    if "stabcheck-fix" in hooks:
-        assert hooks["stabcheck-fix"]["entry"] == "stabcheck check --fix"
+    assert hooks["stabcheck-fix"]["entry"] == "stabcheck check --fix"
 
 
 @pytest.mark.slow
@@ -66,3 +65,11 @@ def test_try_repo_fails_on_a_bad_file_and_passes_on_a_good_one(tmp_path):
     good = pre_commit("try-repo", str(ROOT), "stabcheck", "--files", "good.py", cwd=user, env=env)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "Passed" in good.stdout
+
+    # The fix hook rewrites the file (pre-commit reports a hook that modifies files as failed).
+    fixed = pre_commit("try-repo", str(ROOT), "stabcheck-fix", "--files", "bad.py", cwd=user, env=env)
+    assert fixed.returncode == 1, fixed.stdout + fixed.stderr
+    assert "files were modified by this hook" in fixed.stdout
+    assert "F.log_softmax(torch.randn(3), -1)" in (user / "bad.py").read_text(encoding="utf-8")
+    again = pre_commit("try-repo", str(ROOT), "stabcheck-fix", "--files", "bad.py", cwd=user, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
