@@ -115,7 +115,7 @@ def check_file(job: FileJob) -> list[Diagnostic]:
     if job.path.endswith(".ipynb"):
         from stabcheck.notebook import check_notebook
 
-        return check_notebook(data, job.path, job.codes)
+        return check_notebook(data, job.path, job.codes, job.package, _PROJECT.get if _PROJECT else None)
     try:
         source = decode(data)
     except (SyntaxError, UnicodeDecodeError, LookupError) as exc:

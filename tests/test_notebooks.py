@@ -135,3 +135,20 @@ def test_source_line_numbers_point_at_the_json_lines():
     for index, line in first.items():
         assert json.loads(lines[line - 1].strip().rstrip(",")) == cells[index - 1]["source"][0]
     assert {2, 3, 5, 6, 7, 9} <= set(first)  # every non-empty code cell
+
+
+def test_notebook_sees_the_projects_modules(tmp_path, capsys):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("", encoding="utf-8")
+    (pkg / "model.py").write_text(
+        "import torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
+        "class Net(nn.Module):\n    def forward(self, x):\n        return F.softmax(x, -1)\n",
+        encoding="utf-8",
+    )
+    write(tmp_path / "explore.ipynb", notebook(
+        "import torch.nn as nn\nfrom pkg.model import Net\n", "loss = nn.CrossEntropyLoss()(Net()(x), y)\n"
+    ))
+    code, out, _ = run(capsys, str(tmp_path))
+    assert code == 1
+    assert "explore.ipynb:cell 2:1:" in out and "STB101" in out
