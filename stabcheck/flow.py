@@ -203,6 +203,8 @@ def _merge(vals: list):
         return None
     if isinstance(first, Raw) and all(isinstance(v, Raw) for v in vals):
         return first
+    if isinstance(first, Red) and all(isinstance(v, Red) and v.kind == first.kind for v in vals):
+        return Red(first.kind, first.node, all(v.pos for v in vals), all(v.guarded for v in vals))
     if all(v is first for v in vals):
         return first
     return None
@@ -701,8 +703,8 @@ class Walker:
                     comp = rval.complement()
                     return comp.guarded(lnum > 1.0, False) if isinstance(comp, Prob) else Guarded(comp.lo or lnum > 1.0, comp.hi)
                 return None
-            if isinstance(rval, Red) and rval.kind == N.MAX:
-                return Shifted()  # x - max(x)
+            if isinstance(rval, Red) and rval.kind == N.MAX or _named_max(right):
+                return Shifted()  # x - max(x), x - x_max
             if isinstance(lval, Prob) or isinstance(rval, Prob):
                 return Diff(lval, rval)
             return None
@@ -1125,3 +1127,10 @@ def _clamps_inside_unit(func: N.Func, node: ast.Call, qual: str | None) -> bool:
         if bound is not None and (inside(bound) if strict else abs(bound) <= 1.0) is False:
             return False
     return True
+
+
+def _named_max(node: ast.AST) -> bool:
+    """`x - x_max`, `logits - max_logit`: a name that says it holds a maximum
+    (computed where the walk cannot see, e.g. a helper in another library)."""
+    key = base_key(node)
+    return key is not None and "max" in key.rsplit(".", 1)[-1].lower()
