@@ -34,6 +34,30 @@ class Check:
             return None
 
 
+class ActivationIntoLoss(Check):
+    """A probability of source `src` passed as the prediction of a loss of
+    `family`. Subclasses say why (`message`) and how to fix it (`make_fix`)."""
+
+    family: str = ""
+    src: str = ""
+
+    def on_loss(self, node, spec, family, qual, pairs):
+        if family != self.family:
+            return
+        for arg, val in pairs:
+            if isinstance(val, Prob) and val.src == self.src and not val.comp and self.applies(qual, val):
+                self.report(arg, self.message(short(qual), origin(val, arg), qual), self.make_fix(node, qual, arg, val))
+
+    def applies(self, qual: str, val: Prob) -> bool:
+        return True
+
+    def message(self, loss: str, where: str, qual: str) -> str:
+        raise NotImplementedError
+
+    def make_fix(self, node, qual, arg, val) -> Fix | None:
+        return None
+
+
 def line_of(node: ast.AST | None) -> int | None:
     return getattr(node, "lineno", None)
 
