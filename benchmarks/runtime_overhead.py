@@ -110,7 +110,7 @@ def main():
                 mark = f"<= {target:.2f}x  {'ok' if ok else 'MISSED'}"
                 if not ok:
                     failed.append(f"{name} {variant}")
-            print(f"{name:<10} {variant:<15} {t * 1e3:8.3f} {ratio:7.2f}x  {mark}")
+            print(f"{name:<10} {variant:<15} {t * 1e3:8.3f} {ratio:7.2f}x  {mark}".rstrip())
         print()
     if failed:
         print("missed targets:", ", ".join(failed))
