@@ -43,3 +43,16 @@ def test_notebook_annotations_point_at_the_ipynb_line(capsys, monkeypatch):
     assert props["file"] == "fixtures/notebooks/classifier.ipynb"
     assert "binary_cross_entropy" in lines[int(props["line"]) - 1]
     assert stb102.split("::", 2)[2].startswith("cell 7:3:30: ")
+
+
+def test_a_notice_says_when_github_will_drop_annotations(tmp_path, capsys, monkeypatch):
+    (tmp_path / "many.py").write_text(BUG + "".join(f"y{i} = torch.log(F.softmax(torch.randn(3), -1))\n" for i in range(11)),
+                                      encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    main(["check", "--isolated", "--no-cache", "--output-format", "github", "many.py"])
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("::error ") for line in out) == 12
+    assert out[-2] == ("::notice title=stabcheck::12 findings: GitHub shows the first 10 annotations of a step; "
+                       "this step's log lists them all")
+    main(["check", "--isolated", "--no-cache", "--output-format", "github", str(tmp_path / "many.py"), "--select", "STB9"])
+    assert "::notice" not in capsys.readouterr().out

@@ -90,3 +90,17 @@ def test_notebook_results_point_at_the_ipynb_line(capsys, monkeypatch):
     stb102 = next(r for r in results if r["ruleId"] == "STB102")
     region = stb102["locations"][0]["physicalLocation"]["region"]
     assert lines[region["startLine"] - 1][region["startColumn"] - 1 : region["endColumn"] - 1] == "p"
+
+
+def test_notebook_not_stored_line_by_line_falls_back_to_line_1(tmp_path, capsys, monkeypatch):
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+            "source": "import torch\ny = torch.log(torch.softmax(torch.randn(3), -1))"}
+    nb = {"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "one.ipynb").write_text(json.dumps(nb), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    _, log = sarif(capsys, "one.ipynb")
+    assert schema_errors(log) == []
+    (result,) = log["runs"][0]["results"]
+    assert result["locations"][0]["physicalLocation"]["region"]["startLine"] == 1
+    assert result["message"]["text"].startswith("cell 1, line 2: ")
+    assert result["properties"] == {"cell": 1, "cellLine": 2, "cellColumn": 5}

@@ -5,7 +5,8 @@
 Escaping follows `@actions/core`: `%`, CR and LF in the message; also `:`
 and `,` in property values. Columns are given only for single-line spans
 (GitHub ignores them otherwise). Notebook findings point at the line of the
-.ipynb file and name the cell in the message.
+.ipynb file and name the cell in the message. GitHub drops annotations past
+the tenth of a step; a notice then says so.
 """
 
 from __future__ import annotations
@@ -44,8 +45,16 @@ def annotation(d: Diagnostic, physical: Physical) -> str:
     return f"::error {fields}::{escape_data(message)}"
 
 
+# GitHub shows at most this many error annotations per step; the rest only in the log.
+SHOWN_PER_STEP = 10
+
+
 def write_github(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:
     physical = Physical()
     for d in diags:
         out.write(annotation(d, physical) + "\n")
+    if len(diags) > SHOWN_PER_STEP:
+        note = (f"{len(diags)} findings: GitHub shows the first {SHOWN_PER_STEP} annotations of a step; "
+                "this step's log lists them all")
+        out.write(f"::notice title=stabcheck::{escape_data(note)}\n")
     out.write(summary(diags) + "\n")
