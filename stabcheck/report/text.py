@@ -9,7 +9,7 @@ from typing import TextIO
 from stabcheck.diagnostics import Diagnostic
 from stabcheck.report.locations import display_path, where
 
-__all__ = ["display_path", "summary", "write_statistics", "write_text"]
+__all__ = ["summary", "write_statistics", "write_text"]
 
 
 def summary(diags: list[Diagnostic]) -> str:
