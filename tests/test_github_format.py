@@ -6,7 +6,7 @@ from pathlib import Path
 
 from stabcheck.cli import main
 from stabcheck.diagnostics import Diagnostic
-from stabcheck.report.github import annotation, escape_data, escape_property
+from stabcheck.report.github import annotation, escape_data, escape_property, write_step_summary
 from stabcheck.report.locations import Physical
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,3 +56,22 @@ def test_a_notice_says_when_github_will_drop_annotations(tmp_path, capsys, monke
                        "this step's log lists them all")
     main(["check", "--isolated", "--no-cache", "--output-format", "github", str(tmp_path / "many.py"), "--select", "STB9"])
     assert "::notice" not in capsys.readouterr().out
+
+
+def test_findings_are_added_to_the_job_summary(tmp_path, capsys, monkeypatch):
+    (tmp_path / "bad.py").write_text(BUG, encoding="utf-8")
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    main(["check", "--isolated", "--no-cache", "--output-format", "github", "bad.py"])
+    capsys.readouterr()
+    text = summary.read_text(encoding="utf-8").splitlines()
+    assert text[:4] == ["earlier step", "### stabcheck", "", "Found 1 problem in 1 file."]
+    assert text[-1].startswith("| `bad.py:4:5` | STB001 | log of softmax is -inf")
+
+
+def test_job_summary_escapes_table_cells(tmp_path):
+    path = tmp_path / "summary.md"
+    write_step_summary([Diagnostic("STB002", "a | b\nc", "x.py", 1, 1, 1, 2)], str(path))
+    assert path.read_text(encoding="utf-8").splitlines()[-1] == "| `x.py:1:1` | STB002 | a \\| b c |"
