@@ -214,11 +214,13 @@ class Cache:
 
 
 def _summary_from_json(value):
-    """Phase-one summaries are tuples; JSON gives lists back."""
-    if value is None:
-        return None
-    module, exports = value
-    return module, {name: tuple(export) for name, export in exports.items()}
+    """Phase-one summaries are tuples; JSON gives lists back (and the
+    summaries' fingerprint, part of every results key, must not change)."""
+    if isinstance(value, list):
+        return tuple(_summary_from_json(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _summary_from_json(v) for k, v in value.items()}
+    return value
 
 
 class _quiet:

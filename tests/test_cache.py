@@ -164,3 +164,26 @@ def test_a_change_in_another_module_invalidates_dependent_results(project, capsy
         assert check(capsys, str(pkg)) == (code, out)
     (pkg / "model.py").write_text(MODEL.replace("F.softmax(x, -1)", "x"), encoding="utf-8")
     assert check(capsys, str(pkg))[0] == 0  # train.py was checked again, with the new summary
+
+
+def test_cached_module_summaries_equal_fresh_ones(project):
+    from stabcheck import project as proj
+
+    pkg = project / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("", encoding="utf-8")
+    (pkg / "model.py").write_text(MODEL, encoding="utf-8")
+    paths = [str(pkg / "__init__.py"), str(pkg / "model.py"), str(project / "bad.py")]
+    fresh = proj.build_index(paths)
+    assert fresh  # Net is exported
+    cold = Cache(project / DIRNAME)
+    assert proj.build_index(paths, cold.summaries(map)) == fresh
+    cold.save()
+    warm = Cache(project / DIRNAME)
+
+    def no_summaries(fn, todo):
+        assert list(todo) == [], "summaries were computed again"
+        return iter(())
+
+    assert proj.build_index(paths, warm.summaries(no_summaries)) == fresh
+    assert proj.digest(proj.build_index(paths, warm.summaries(no_summaries))) == proj.digest(fresh)
