@@ -536,6 +536,7 @@ class TorchTrap:
         self.module_events = 0
         self.grad_events = 0
         self.scaled = False  # a GradScaler scaled this step's loss: inf in backward is its business
+        self.defer_cpu = False  # tests: treat CPU values like accelerator ones (checked at the step sync)
 
     # -- install / uninstall ------------------------------------------------
     def install(self) -> None:
@@ -605,6 +606,9 @@ class TorchTrap:
     def top_level_call(self, module, args, kwargs):
         self.close_window()
         grad = torch.is_grad_enabled()
+        if self.step_done and not self.saw_optimizer and (self.pending or self.flags):
+            # no optimizer step to sync at: check the previous step's device values now, once
+            self.flush(None, "backward", "after backward()")
         if self.step_done or not (grad or self.grad_events):
             # a new step, or an inference call with no training call pending: nothing to keep
             self.events = []
@@ -667,9 +671,7 @@ class TorchTrap:
     def after_backward(self) -> None:
         self.backward_calls += 1
         if not self.saw_optimizer:
-            if self.pending or self.flags:
-                self.flush(None, "backward", "after backward()")
-            self.step_done = True
+            self.step_done = True  # no optimizer (yet): a step ends with backward()
 
     def check(self, value, at: str, message: str, where, nan_only: bool = False) -> None:
         """Check a boundary value now (CPU) or at the next step flush (accelerator).
@@ -680,7 +682,7 @@ class TorchTrap:
         try:
             bad = None
             for t in _float_tensors(value):
-                if t.device.type == "cpu":
+                if t.device.type == "cpu" and not self.defer_cpu:
                     if bad is None and not (_nan_free_now(t.detach()) if nan_only else _finite_now(t.detach())):
                         bad = t
                 elif t.device.type != "meta":

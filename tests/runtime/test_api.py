@@ -129,16 +129,21 @@ def test_no_host_sync_per_op_on_cuda():
                     torch.cuda.set_sync_debug_mode(0)
                 opt.step()  # the one host sync per step
             assert trap.incidents == 0
-        # and the trap still fires on the device: log(0) in the loss
+        # and the trap still fires on the device, named at the op: log(0) fed to the loss
         with pytest.raises(NonFiniteError) as info:
             with stabcheck.trap(per_op=per_op, quiet=True):
-                logits = model(x)
-                loss = crit(logits, y) + torch.log(torch.zeros_like(logits)).mean()
-                opt.zero_grad()
-                loss.backward()
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    logits = model(x)
+                    loss = crit(torch.log(torch.relu(logits) * 0.0), y)
+                    opt.zero_grad()
+                    loss.backward()
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
                 opt.step()
-        assert info.value.report.op == "aten.log.default"
-        assert info.value.report.inputs[0]["device"].startswith("cuda")
+        report = info.value.report
+        assert (report.op, report.phase, report.kind) == ("aten.log.default", "forward", "-inf")
+        assert report.inputs[0]["device"].startswith("cuda")
 
 
 def test_warn_mode_leaves_no_mode_behind():
@@ -158,3 +163,42 @@ def test_warn_mode_leaves_no_mode_behind():
     assert trap.incidents == 1
     assert trap.first_report.op == "aten.log.default"
     assert _globals() == before
+
+
+@pytest.mark.parametrize("per_op", [False, True])
+def test_device_path_reads_nothing_back_until_the_step(monkeypatch, per_op):
+    """The accelerator code path, exercised on CPU: no value is read back to the host during forward,
+    loss and backward (on a GPU each read would be a sync); the fault is still named at the step."""
+    reads = []
+    in_region = [False]
+    for name in ("item", "__bool__", "__float__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _original=original, _name=name, **k):
+            if in_region[0]:
+                reads.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    with pytest.raises(NonFiniteError) as info:
+        with stabcheck.trap(per_op=per_op, quiet=True) as trap:
+            trap.defer_cpu = True
+            for step in range(3):
+                in_region[0] = True
+                logits = model(x)
+                if step == 2:
+                    logits = torch.log(torch.relu(logits) * 0.0)  # the fault
+                loss = crit(logits, y)
+                opt.zero_grad()
+                loss.backward()
+                in_region[0] = False
+                opt.step()
+    assert reads == []
+    report = info.value.report
+    assert (report.op, report.phase, report.kind, report.step) == ("aten.log.default", "forward", "-inf", 2)
+    assert report.location.line == line_of(Path(__file__), "# the fault")
