@@ -604,34 +604,35 @@ class TFTrap:
             self.prepared.add(fn)
             if fn.experimental_get_tracing_count():
                 _clear_traces(fn)  # traced before the trap: retrace with the checks
-        self.tracing.append((fn, {}))
         before = fn.experimental_get_tracing_count()
+        depth = len(self.tracing)
+        self.tracing.append((fn, {}))
         try:
             result = _ORIG_FN_CALL(fn, *args, **kwargs)
         except tf.errors.OpError:
+            del self.tracing[depth:]
             stash, self.stash = self.stash, None
             if stash is None:
                 raise
-            self.tracing.pop()
-            self.incident(stash, fn, args, kwargs)
-            raise  # only reached when the incident did not stop the run
-        else:
-            if fn.experimental_get_tracing_count() != before:
-                self.traced_here.add(fn)
-            if fn in self.with_sites:
-                self.steps += 1
-            stash, self.stash = self.stash, None
-            if stash is not None:
-                self.tracing.pop()
-                self.incident(stash, fn, args, kwargs)
-                self.tracing.append((fn, {}))
-            return result
+            self.incident(stash, fn)  # raises NonFiniteError unless --action warn
+            raise
         finally:
-            if self.tracing and self.tracing[-1][0] is fn:
-                self.tracing.pop()
+            del self.tracing[depth:]
+        if fn.experimental_get_tracing_count() != before:
+            self.traced_here.add(fn)
+        if fn in self.with_sites:
+            self.steps += 1
+        stash, self.stash = self.stash, None
+        if stash is not None:  # --action warn: the step went on; report it now
+            self.steps -= 1
+            try:
+                self.incident(stash, fn)
+            finally:
+                self.steps += 1
+        return result
 
     # -- localization by replay -----------------------------------------------
-    def incident(self, stash: Stash, fn, args, kwargs) -> None:
+    def incident(self, stash: Stash, fn) -> None:
         site = stash.site
         where = site.where
         detected = {"at": "backward", "message": f"the gradients computed in {getattr(fn, '__name__', 'a tf.function')} "
