@@ -309,7 +309,6 @@ class _CheckMode(TorchDispatchMode):
         super().__init__()
         self.trap = trap
         self.event: Any = None
-        self.event_index = -1
         self.found: Finding | None = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -917,7 +916,7 @@ class TorchTrap:
             with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
                     torch.autograd.set_detect_anomaly(True, check_nan=False):
                 for index, event in enumerate(events):
-                    check.event, check.event_index = event, index
+                    check.event = event
                     args, kwargs = tree_map(sub, event.args), tree_map(sub, event.kwargs)
                     with torch.set_grad_enabled(event.grad_enabled):
                         if isinstance(event, ModuleEvent):
@@ -969,7 +968,7 @@ class TorchTrap:
                 p.grad = g
         return check.found
 
-    def _localize(self, detected: dict, value, optimizer=None, flag_record=None) -> Finding | None:
+    def _localize(self, detected: dict, optimizer=None, flag_record=None) -> Finding | None:
         self.replay_error = None
         finding = self._check_state(optimizer)
         if finding is None:
@@ -993,7 +992,7 @@ class TorchTrap:
         detected = {"at": at, "message": message, "location": vars(location) if location else None}
         self.busy += 1
         try:
-            finding = self._localize(detected, value, optimizer, flag_record)
+            finding = self._localize(detected, optimizer, flag_record)
         finally:
             self.busy -= 1
         if (finding is None and at == "op" and benign_key is not None and kind_hint in ("+inf", "-inf")
