@@ -53,6 +53,10 @@ def _uninstall(final_check: bool = True) -> None:
 
 def last_stopped():
     """The report of the last trap that stopped its run (None if none did)."""
+    if _last_stopped is None:
+        from stabcheck.runtime import tf_api
+
+        return tf_api.last_stopped()
     return _last_stopped
 
 
@@ -78,9 +82,19 @@ class trap(contextlib.ContextDecorator):
     def __enter__(self):
         global _depth
         with _lock:
-            # importing torch may start a pending `stabcheck run` trap (then this one nests in it)
-            import torch  # noqa: F401
+            from stabcheck.runtime import tf_api
 
+            # TensorFlow code: trapped now if TensorFlow is imported, else as soon as it is
+            self._tf_owner = tf_api.enter(self.config)
+            self._torch = not (tf_api.tf_loaded() and "torch" not in sys.modules)  # TF-only code skips torch
+            if self._torch:
+                try:
+                    # importing torch may start a pending `stabcheck run` trap (then this one nests in it)
+                    import torch  # noqa: F401
+                except ImportError:
+                    self._torch = False
+            if not self._torch:
+                return tf_api.current()
             _depth += 1
             if _trap is None:
                 try:
@@ -94,6 +108,12 @@ class trap(contextlib.ContextDecorator):
     def __exit__(self, exc_type, exc, tb):
         global _depth
         with _lock:
+            from stabcheck.runtime import tf_api
+
+            tf_owner, self._tf_owner = getattr(self, "_tf_owner", False), False
+            tf_api.exit(tf_owner, final_check=exc_type is None)
+            if not getattr(self, "_torch", True):
+                return False
             _depth -= 1
             if _depth == 0 and self._owner:
                 self._owner = False
@@ -148,6 +168,9 @@ def start(config: TrapConfig) -> None:
     """Activate the trap now if torch is imported, else as soon as it is."""
     global _hook, _depth
     with _lock:
+        from stabcheck.runtime import tf_api
+
+        tf_api.start(config)  # TensorFlow/Keras: the same, for `import tensorflow`
         if _trap is not None:
             return
         if "torch" in sys.modules and hasattr(sys.modules["torch"], "nn"):
@@ -161,6 +184,9 @@ def start(config: TrapConfig) -> None:
 def stop(final_check: bool = True) -> None:
     global _hook, _depth
     with _lock:
+        from stabcheck.runtime import tf_api
+
+        tf_api.stop(final_check)
         if _hook is not None:
             _hook.remove()
             _hook = None
