@@ -202,6 +202,7 @@ def _op_name(func) -> str:
 
 
 _HAS_CUDA = torch.cuda.is_available()
+_AMP_DEVICES = ("cpu", "cuda") if _HAS_CUDA else ("cpu",)
 
 
 def _rng_state():
@@ -224,11 +225,11 @@ def _set_rng_state(state) -> None:
 class ModuleEvent:
     """A top-level module call of the current step (references only, no copies)."""
 
-    __slots__ = ("module", "args", "kwargs", "rng", "where", "grad_enabled", "output")
+    __slots__ = ("module", "args", "kwargs", "rng", "where", "grad_enabled", "amp", "output")
 
     def __init__(self, module, args, kwargs, rng, where, grad_enabled):
         self.module, self.args, self.kwargs, self.rng = module, args, kwargs, rng
-        self.where, self.grad_enabled, self.output = where, grad_enabled, None
+        self.where, self.grad_enabled, self.amp, self.output = where, grad_enabled, _amp_state(), None
 
     @property
     def location(self) -> Location | None:
@@ -238,15 +239,31 @@ class ModuleEvent:
 class OpEvent:
     """A torch call of the user's own code between module calls and backward()."""
 
-    __slots__ = ("func", "args", "kwargs", "output", "where", "grad_enabled")
+    __slots__ = ("func", "args", "kwargs", "output", "where", "grad_enabled", "amp")
 
     def __init__(self, func, args, kwargs, output, where, grad_enabled):
         self.func, self.args, self.kwargs, self.output = func, args, kwargs, output
-        self.where, self.grad_enabled = where, grad_enabled
+        self.where, self.grad_enabled, self.amp = where, grad_enabled, _amp_state()
 
     @property
     def location(self) -> Location | None:
         return Location(*self.where) if self.where else None
+
+
+def _amp_state():
+    """Autocast settings in force (a replay must run in the same precision), or None."""
+    state = None
+    for device in _AMP_DEVICES:
+        if torch.is_autocast_enabled(device):
+            state = (state or ()) + ((device, torch.get_autocast_dtype(device)),)
+    return state
+
+
+def _autocast(state):
+    stack = contextlib.ExitStack()
+    for device, dtype in state or ():
+        stack.enter_context(torch.autocast(device, dtype=dtype))
+    return stack
 
 
 def _where(frame):
@@ -918,7 +935,7 @@ class TorchTrap:
                 for index, event in enumerate(events):
                     check.event = event
                     args, kwargs = tree_map(sub, event.args), tree_map(sub, event.kwargs)
-                    with torch.set_grad_enabled(event.grad_enabled):
+                    with torch.set_grad_enabled(event.grad_enabled), _autocast(event.amp):
                         if isinstance(event, ModuleEvent):
                             _set_rng_state(event.rng)
                             with check:

@@ -17,6 +17,7 @@ FAULTS = [
     ("sqrt_distance.py", "aten.div.Tensor", "backward", "-inf", "STB202", "# FAULT",
      {"forward_op": "sqrt", "module": "net"}),
     ("naive_softmax.py", "aten.exp.default", "forward", "+inf", "STB005", "# FAULT", {"module": "model"}),
+    ("fp16_exp_overflow.py", "aten.exp.default", "forward", "+inf", "STB005", "# FAULT", {"module": "model"}),
     ("poisoned_parameter.py", None, "parameter", "+inf", None, "loss = criterion(model(x), y)",
      {"parameter": "model.2.weight", "module": "model.2"}),
 ]
