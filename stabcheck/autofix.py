@@ -39,7 +39,12 @@ def fix_files(diags: list[Diagnostic], jobs: list, unsafe: bool, diff: bool, out
     applied_total = 0
     for path, found in by_path.items():
         job = job_of.get(path)
-        if job is None or path.endswith(".ipynb") or not any(applicable(d, unsafe) for d in found):
+        if job is None or not any(applicable(d, unsafe) for d in found):
+            remaining.extend(found)
+            continue
+        if path.endswith(".ipynb"):
+            found, applied = _fix_notebook(path, found, job, unsafe, diff, resolver, out)
+            applied_total += applied
             remaining.extend(found)
             continue
         try:
@@ -73,6 +78,39 @@ def fix_files(diags: list[Diagnostic], jobs: list, unsafe: bool, diff: bool, out
                 fh.write(bom + text.encode(encoding))
     remaining.sort(key=Diagnostic.sort_key)
     return remaining, applied_total
+
+
+def _fix_notebook(path, found, job, unsafe, diff, resolver, out):
+    from stabcheck import notebook
+
+    try:
+        with open(path, "rb") as fh:
+            original = data = fh.read()
+    except OSError:
+        return found, 0
+    applied_total = 0
+    for _ in range(_MAX_PASSES):
+        todo = [d.fix for d in found if applicable(d, unsafe)]
+        if not todo:
+            break
+        try:
+            data, applied = notebook.apply_fixes(data, todo)
+        except notebook.NotebookError:
+            break
+        if not applied:
+            break
+        applied_total += applied
+        found = notebook.check_notebook(data, path, job.codes, job.package, resolver)
+    if data != original:
+        if diff:
+            name = display_path(path).lstrip("/")
+            out.writelines(difflib.unified_diff(
+                original.decode("utf-8").splitlines(keepends=True), data.decode("utf-8").splitlines(keepends=True),
+                f"a/{name}", f"b/{name}"))
+        else:
+            with open(path, "wb") as fh:
+                fh.write(data)
+    return found, applied_total
 
 
 def _encoding(data: bytes) -> str:

@@ -95,22 +95,28 @@ class FixContext:
         return Edit(end, end, "\n" + statement)
 
 
-def apply(source: str, fixes: list[Fix]) -> tuple[str, int]:
-    """Apply non-overlapping fixes (in order of position); return the new
-    text and how many were applied. Overlapping ones wait for the next pass."""
+def select(fixes: list[Fix]) -> list[Fix]:
+    """The fixes that can be applied together: in order of position, each
+    one whose edits overlap no edit already chosen. The others wait for the
+    next pass."""
     taken: list[tuple[int, int]] = []
-    chosen: list[Edit] = []
-    applied = 0
+    chosen: list[Fix] = []
     for fix in sorted(fixes, key=lambda f: min(e.start for e in f.edits)):
-        spans = [(e.start, e.end) for e in fix.edits if e.start != e.end or e.content]
-        if any(s < te and ts < e or (s == e == ts) for s, e in spans for ts, te in taken if s != e):
-            continue
-        if any(e.start < te and ts < e.end for e in fix.edits if e.start != e.end for ts, te in taken):
+        if any(e.start < te and ts < e.end or e.start == ts for e in fix.edits for ts, te in taken):
             continue
         taken.extend((e.start, e.end) for e in fix.edits)
-        chosen.extend(fix.edits)
-        applied += 1
+        chosen.append(fix)
+    return chosen
+
+
+def apply_edits(source: str, edits) -> str:
     out = source
-    for edit in sorted(chosen, key=lambda e: (e.start, e.end), reverse=True):
+    for edit in sorted(edits, key=lambda e: (e.start, e.end), reverse=True):
         out = out[: edit.start] + edit.content + out[edit.end :]
-    return out, applied
+    return out
+
+
+def apply(source: str, fixes: list[Fix]) -> tuple[str, int]:
+    """Apply what `select` allows; return the new text and how many fixes."""
+    chosen = select(fixes)
+    return apply_edits(source, [e for fix in chosen for e in fix.edits]), len(chosen)

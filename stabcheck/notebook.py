@@ -43,7 +43,7 @@ _AUTOMAGIC = re.compile(
 )
 
 
-class NotebookError(Exception):
+class NotebookError(ValueError):
     """Not a notebook stabcheck can read."""
 
 
@@ -181,9 +181,56 @@ def check_notebook(data: bytes, path: str, codes: frozenset[str], package: str |
         cell, row = nb.locate(d.row)
         end_row = max(d.end_row - (d.row - row), row)
         message = _LINE_REF.sub(cell_line, d.message)  # " (made at line 12)" names a row of the joined source
-        # Fix offsets are in the joined cells' text: not applicable to the file.
-        out.append(dataclasses.replace(d, message=message, cell=cell, row=row, end_row=end_row, fix=None))
+        # Fix offsets stay in the joined text: `apply_fixes` maps them to cells.
+        out.append(dataclasses.replace(d, message=message, cell=cell, row=row, end_row=end_row))
     return out
+
+
+def apply_fixes(data: bytes, fix_list) -> tuple[bytes, int]:
+    """Apply fixes (offsets in the joined code, as `check_notebook` reports
+    them) to the cells of a notebook file; return the new file and how many
+    fixes went in. A fix whose edits touch a masked line is left out."""
+    from stabcheck.fixes import Edit, apply_edits, select
+    from stabcheck.source import SourceMap
+
+    text, doc = _load(data)
+    nb = parse(data)
+    joined = SourceMap(nb.source)
+    joined_lines = joined.lines
+    cells = doc["cells"]
+    originals = {k: _cell_text(cells[k - 1], k) for k in nb.cells}
+
+    def to_cell(offset: int):
+        row, col = joined.position(offset)
+        cell, cell_row = nb.locate(row)
+        lines = _LINES.split(originals[cell])
+        if cell_row > len(lines) or lines[cell_row - 1] != joined_lines[row - 1]:
+            return None  # a masked line
+        start = sum(len(line) + 1 for line in lines[: cell_row - 1])
+        return cell, start + col - 1
+
+    local = {}
+    for fix in fix_list:
+        mapped = []
+        for e in fix.edits:
+            a, b = to_cell(e.start), to_cell(e.end if e.end > e.start else e.start)
+            if a is None or b is None or a[0] != b[0]:
+                break
+            mapped.append((a[0], Edit(a[1], b[1], e.content)))
+        else:
+            local[fix] = mapped
+    chosen = select(list(local))
+    by_cell: dict[int, list] = {}
+    for fix in chosen:
+        for cell, e in local[fix]:
+            by_cell.setdefault(cell, []).append(e)
+    for cell, edits in by_cell.items():
+        new = apply_edits(originals[cell], edits)
+        old = cells[cell - 1].get("source")
+        cells[cell - 1]["source"] = new.splitlines(keepends=True) if isinstance(old, list) else new
+    indent = re.match(r"\{\r?\n( *)", text)
+    out = json.dumps(doc, indent=len(indent.group(1)) if indent else 1, ensure_ascii=False) + "\n"
+    return out.encode("utf-8"), len(chosen)
 
 
 def source_line_numbers(text: str) -> dict[int, int]:

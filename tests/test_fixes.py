@@ -86,3 +86,21 @@ def test_json_fix_shape(tmp_path, capsys):
         "edits": [{"content": "torch.exp(0.5 * v)", "location": {"row": 4, "column": 12},
                    "end_location": {"row": 4, "column": 36}}],
     }
+
+
+def test_fix_in_a_notebook_edits_only_that_cell_line(tmp_path, capsys):
+    source = Path(__file__).resolve().parent.parent / "fixtures" / "notebooks" / "classifier.ipynb"
+    target = tmp_path / "nb.ipynb"
+    shutil.copy(source, target)
+    _, out, _ = run(capsys, "--output-format", "json", str(target))
+    (stb001,) = [d for d in json.loads(out) if d["code"] == "STB001"]
+    (edit,) = stb001["fix"]["edits"]
+    assert edit["cell"] == stb001["cell"] and edit["location"]["row"] == stb001["location"]["row"]
+    before = target.read_text().splitlines()
+    code, out, _ = run(capsys, "--fix", str(target))
+    after = target.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and len(changed) == 1
+    assert "F.log_softmax(z, -1)" in changed[0][1]
+    json.loads(target.read_text())
+    assert "STB001" not in out

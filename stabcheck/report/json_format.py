@@ -35,16 +35,28 @@ def _fix(d: Diagnostic) -> dict | None:
         return None
     from stabcheck.source import SourceMap
 
+    locate = None
     try:
-        with open(d.path, encoding="utf-8") as fh:
-            smap = SourceMap(fh.read())
-    except (OSError, UnicodeDecodeError):
+        if d.cell is not None:  # offsets are in the notebook's joined code cells
+            from stabcheck import notebook
+
+            with open(d.path, "rb") as fh:
+                nb = notebook.parse(fh.read())
+            smap, locate = SourceMap(nb.source), nb.locate
+        else:
+            with open(d.path, encoding="utf-8") as fh:
+                smap = SourceMap(fh.read())
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
     edits = []
     for e in d.fix.edits:
         (row, col), (end_row, end_col) = smap.position(e.start), smap.position(e.end)
-        edits.append({"content": e.content, "location": {"row": row, "column": col},
-                      "end_location": {"row": end_row, "column": end_col}})
+        item = {"content": e.content}
+        if locate is not None:
+            item["cell"], row = locate(row)
+            end_row = locate(end_row)[1]
+        item.update({"location": {"row": row, "column": col}, "end_location": {"row": end_row, "column": end_col}})
+        edits.append(item)
     return {"applicability": d.fix.applicability, "message": d.fix.title, "edits": edits}
 
 
