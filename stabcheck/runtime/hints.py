@@ -94,8 +94,26 @@ def base_name(op: str | None) -> str:
     return name
 
 
-def lookup(phase: str, op: str | None, forward_op: str | None = None) -> tuple[str | None, str]:
+# (op, kind) -> (rule, hint) where the kind of value tells the cause apart
+BY_KIND: dict[tuple[str, str], tuple[str | None, str]] = {
+    ("log", "-inf"): ("STB002", "log of an exact 0: a probability saturated to 0 or 1 in floating point; use log_softmax / "
+                               "logsigmoid / BCE-with-logits on the logits, or clamp the argument to [eps, 1 - eps]"),
+    ("log", "nan"): ("STB007", "log of a negative number: the argument is not constrained to be positive; "
+                               "predict log(x) directly, or pass it through softplus / exp first"),
+    ("div", "+inf"): ("STB201", "division of a non-zero value by exactly 0: guard the denominator with an epsilon "
+                                "or clamp_min"),
+    ("div", "-inf"): ("STB201", "division of a non-zero value by exactly 0: guard the denominator with an epsilon "
+                                "or clamp_min"),
+    ("div", "nan"): ("STB201", "0 / 0: a zero row divided by its zero norm, sum or count; add an epsilon, "
+                               "use F.normalize(x, eps=...), or clamp_min the denominator"),
+}
+
+
+def lookup(phase: str, op: str | None, forward_op: str | None = None, kind: str | None = None
+           ) -> tuple[str | None, str]:
     """(rule, hint) for a producer op; empty hint when nothing specific is known."""
+    if phase == "forward" and kind and (base_name(op), kind) in BY_KIND:
+        return BY_KIND[(base_name(op), kind)]
     if phase == "parameter":
         return None, PARAMETER_HINT
     if phase == "input":

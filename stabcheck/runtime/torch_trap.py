@@ -1037,7 +1037,7 @@ class TorchTrap:
                                 hint=hint, rule=rule, detected=detected, localized="no")
         else:
             forward_op = finding.forward.get("op") if finding.forward else None
-            rule, hint = hints.lookup(finding.phase, finding.op, forward_op)
+            rule, hint = hints.lookup(finding.phase, finding.op, forward_op, finding.kind)
             report = TrapReport(phase=finding.phase, kind=finding.kind, op=finding.op, location=finding.location,
                                 module=finding.module, forward=finding.forward, parameter=finding.parameter,
                                 inputs=finding.inputs, outputs=finding.outputs, hint=hint, rule=rule,
