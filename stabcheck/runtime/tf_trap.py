@@ -605,7 +605,7 @@ class TFTrap:
             counter[id(fn_graph)] = ordinal + 1
             sig, nargs = _signature_of(fn_graph)
             placeholders = list(fn_graph.inputs[:nargs]) if sig is not None else []
-            variables = [v for v in nest.flatten(sources) if isinstance(v, tf.Variable)]
+            variables = [v for v in map(_tf_variable, nest.flatten(sources)) if v is not None]
             site = Site(len(self.sites), weakref.ref(function) if function is not None else None, sig, nargs,
                         _where_traced(frame), ordinal, [weakref.ref(v) for v in variables],
                         sig is not None and function is not None)
@@ -836,6 +836,14 @@ TF_UNREPLAYABLE_HINT = ("the step could not be replayed (a tf.function fed by an
                         "run it eagerly (tf.config.run_functions_eagerly(True)) to find the op")
 TF_UNLOCALIZED_HINT = ("the value became non-finite but replaying the step eagerly did not reproduce it (random "
                        "ops such as dropout, nondeterministic kernels, or state the replay cannot see)")
+
+
+def _tf_variable(v):
+    """The tf.Variable of a source: itself, or the one a Keras 3 variable wraps; else None."""
+    if isinstance(v, tf.Variable):
+        return v
+    inner = getattr(v, "_value", None)
+    return inner if isinstance(inner, tf.Variable) else None
 
 
 def _pass_through(g):
