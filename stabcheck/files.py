@@ -79,7 +79,8 @@ def _repo_root(path: str) -> str | None:
 
 def discover(paths: list[str], settings: Settings) -> tuple[list[str], list[str]]:
     """Return (files to check, error messages for paths that do not exist)."""
-    excluded = _Matcher(settings.exclude + settings.extend_exclude, settings.root)
+    patterns = settings.exclude + settings.extend_exclude
+    base_excluded = excluded = _Matcher(patterns, settings.root)
     gitignores = _GitIgnores() if settings.respect_gitignore else None
     files: list[str] = []
     errors: list[str] = []
@@ -99,7 +100,7 @@ def discover(paths: list[str], settings: Settings) -> tuple[list[str], list[str]
         if not os.path.isdir(given):
             # A file named explicitly is checked whatever its suffix, unless
             # excluded (so pre-commit honours `exclude`).
-            if not excluded.match(abspath, False):
+            if not base_excluded.match(abspath, False):
                 add(given)
             continue
         top = _repo_root(abspath) or abspath
@@ -107,6 +108,11 @@ def discover(paths: list[str], settings: Settings) -> tuple[list[str], list[str]
             # The user named a directory git ignores: check it, applying only
             # the .gitignore files inside it.
             top = abspath
+        excluded = base_excluded
+        if excluded.match(abspath, True):
+            # The user named an excluded directory (`stabcheck check fixtures/`):
+            # check it, with the patterns read from inside it.
+            excluded = _Matcher(patterns, Path(abspath))
         for dirpath, dirnames, filenames in os.walk(given, followlinks=False):
             absdir = os.path.abspath(dirpath)
             keep = []

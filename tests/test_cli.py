@@ -240,3 +240,14 @@ def test_module_entry_point_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "STB001" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_an_excluded_directory_named_on_the_command_line_is_checked(tmp_path, capsys, monkeypatch):
+    write(tmp_path / "pyproject.toml", '[tool.stabcheck]\nextend-exclude = ["legacy"]\n')
+    write(tmp_path / "legacy" / "old.py", SIGMOID_BUG)
+    write(tmp_path / "legacy" / "__pycache__" / "x.py", SIGMOID_BUG)
+    monkeypatch.chdir(tmp_path)
+    _, out, _ = run_cfg(capsys, "--output-format", "json", ".")
+    assert json.loads(out) == []
+    _, out, _ = run_cfg(capsys, "--output-format", "json", "legacy")
+    assert [Path(d["filename"]).relative_to(tmp_path).as_posix() for d in json.loads(out)] == ["legacy/old.py"]
