@@ -140,3 +140,18 @@ def test_api_inside_stabcheck_run_nests(run_trap, tmp_path):
     assert result.report["detected"]["at"] == "backward"
     assert result.report["detected"]["location"]["line"] == 5
     assert "Traceback" not in result.stderr
+
+
+def test_a_swallowed_trap_still_fails_the_run(run_trap, tmp_path):
+    script = tmp_path / "swallow.py"
+    script.write_text("import torch\n"
+                      "model = torch.nn.Linear(2, 1)\n"
+                      "try:\n"
+                      "    loss = torch.nn.functional.mse_loss(model(torch.full((1, 2), float('nan'))), torch.zeros(1, 1))\n"
+                      "except Exception as exc:\n"
+                      "    print('caught', type(exc).__name__)\n"
+                      "print('finished')\n")
+    result = run_trap(script)
+    assert "caught NonFiniteError" in result.stdout and "finished" in result.stdout
+    assert result.returncode == 3
+    assert result.report["phase"] == "input"
