@@ -41,14 +41,9 @@ class Location:
     function: str
 
     def short(self) -> str:
-        name = self.filename
-        try:
-            rel = os.path.relpath(name)
-            if not rel.startswith(".."):
-                name = rel
-        except ValueError:
-            pass
-        return f"{name}:{self.line} in {self.function}"
+        from stabcheck.report.locations import display_path  # the static report's path rule
+
+        return f"{display_path(self.filename)}:{self.line} in {self.function}"
 
 
 @dataclass
