@@ -76,15 +76,6 @@ def export_descriptor(val) -> Export | None:
     return None
 
 
-def import_value(export: Export, node: ast.AST, qual: str):
-    """The value an imported name gets from its export descriptor."""
-    kind, src = export
-    prob = Prob(src, node, qual)
-    if kind == "class":
-        return Layer(Layer(prob))
-    return Layer(prob)
-
-
 def summarize(path: str) -> tuple[str, dict[str, Export]] | None:
     """Phase one for one file: (module name, exports), or None when the file
     cannot export a probability (or cannot be read or parsed)."""
