@@ -532,7 +532,7 @@ class TFTrap:
             grads = _ORIG_GRADIENT(tape, target, sources, *args, **kwargs)
         finally:
             self.phase = "forward"
-        values = _float_leaves(target) + _float_leaves(grads)
+        values = _float_leaves(target) + ([] if _loss_scaled(frame) else _float_leaves(grads))
         self.busy += 1
         try:
             ok = self._finite_eager(values)
@@ -591,7 +591,7 @@ class TFTrap:
                 return grads  # XLA cannot run py_function: only the boundary sees this step
         except Exception:  # pragma: no cover
             pass
-        checked = _float_leaves(target) + _float_leaves(grads)
+        checked = _float_leaves(target) + ([] if _loss_scaled(frame) else _float_leaves(grads))
         if not checked:
             return grads
         self.busy += 1
@@ -844,6 +844,26 @@ def _tf_variable(v):
         return v
     inner = getattr(v, "_value", None)
     return inner if isinstance(inner, tf.Variable) else None
+
+
+def _loss_scaled(frame) -> bool:
+    """A Keras LossScaleOptimizer is in charge of this step (a local of the calling frames, or the
+    trainer's optimizer): an overflow of the scaled gradients is its business, it skips the step."""
+    if "keras" not in sys.modules:
+        return False
+    for _ in range(8):
+        if frame is None:
+            return False
+        for value in frame.f_locals.values():
+            opt = getattr(value, "optimizer", None) if not _is_lso(value) else value
+            if opt is not None and _is_lso(opt):
+                return True
+        frame = frame.f_back
+    return False
+
+
+def _is_lso(obj) -> bool:
+    return type(obj).__name__ == "LossScaleOptimizer"
 
 
 def _pass_through(g):

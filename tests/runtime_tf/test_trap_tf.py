@@ -144,3 +144,11 @@ def test_keras_on_the_torch_backend_names_the_users_line(tmp_path):
     report = stabcheck_run(KERAS_BCE, "fit", tmp_path=tmp_path, KERAS_BACKEND="torch").report
     assert (report["op"], report["phase"]) == ("aten.log.default", "forward")
     assert report["location"]["line"] == line_of(KERAS_BCE, "# FAULT")
+
+
+def test_loss_scale_optimizer_overflows_are_not_findings(tmp_path):
+    """Mixed precision: scaled float16 gradients overflow on purpose and LossScaleOptimizer skips the step."""
+    result = stabcheck_run(FIXTURES / "keras_loss_scale.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "finite loss True, scale lowered True\n"  # the overflows really happened
+    assert result.report is None and "stabcheck" not in result.stderr
