@@ -285,7 +285,7 @@ class _ReplayDone(BaseException):
 
 def scan(records, localized: str) -> Finding | None:
     """The first recorded op whose inputs are finite (NaN-free for a NaN) and whose output is not."""
-    for op_type, inputs, outputs, where, phase, extra in records:
+    for op_type, inputs, outputs, where, phase, extra, _attrs in records:
         if op_type in _NOT_PRODUCERS:
             continue
         outs = [o for o in outputs if _is_float(o) and hasattr(o, "numpy")]
@@ -382,7 +382,7 @@ def _record_cb(op_type, inputs, attrs, outputs, op_name=None, graph=None):
         extra = {"module": _keras_module(frame)}
         if trap.phase == "backward":
             extra["forward"] = trap.forward_of(frame)
-    records.append((op_type, inputs, outputs, _where(frame), trap.phase, extra))
+    records.append((op_type, inputs, outputs, _where(frame), trap.phase, extra, attrs))
     return None
 
 
@@ -548,10 +548,63 @@ class TFTrap:
         detected = self._detected(target, grads, sources, where)
         records, self.records = self.records, []
         finding = scan(records, "per-op") if not self.overflowed else None
+        if finding is None and records and not self.overflowed:
+            self.busy += 1
+            try:
+                finding = self._backward_from_records(records, target, sources, args, kwargs)
+            finally:
+                self.busy -= 1
         self.trip(detected, finding, "per-op" if records and not self.overflowed else None)
         if not self.tapes:
             self.recording = False
         return grads
+
+    def _backward_from_records(self, records, target, sources, args, kwargs) -> Finding | None:
+        """Eager code whose forward was finite: re-execute the recorded forward ops under a new tape
+        (same inputs, same variables, not yet updated) and record the backward pass it computes."""
+        from tensorflow.python.eager import execute
+
+        ctx = context.context()
+        mapping: dict = {}
+        forward: list = []
+        sub = lambda t: mapping.get(id(t), t)  # noqa: E731
+        self.replaying, self.replay_site, self.replay_error = True, None, None
+        try:
+            with backprop.GradientTape(persistent=True) as tape:
+                for v in nest.flatten(sources):
+                    if v is not None:
+                        tape.watch(v)
+                for op_type, inputs, outputs, where, phase, _extra, attrs in records:
+                    if phase != "forward":
+                        continue
+                    new_inputs = [sub(t) for t in inputs]
+                    new_outputs = execute.execute(op_type, len(outputs), new_inputs, attrs, ctx)
+                    execute.record_gradient(op_type, new_inputs, attrs, new_outputs)
+                    for old, new in zip(outputs, new_outputs):
+                        mapping[id(old)] = new
+                    forward.append((op_type, new_inputs, new_outputs, where, "forward", None, attrs))
+            new_target = nest.map_structure(sub, target)
+            self.records, self.phase, self.recording = forward, "backward", True
+            op_callbacks.add_op_callback(_record_cb)
+            try:
+                with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+                    self.busy -= 1
+                    try:
+                        _ORIG_GRADIENT(tape, new_target, sources, *args, **kwargs)
+                    finally:
+                        self.busy += 1
+            finally:
+                op_callbacks.remove_op_callback(_record_cb)
+            backward = [r for r in self.records if r[4] == "backward"]
+        except Exception as exc:  # re-execution not possible (custom gradients, stateful ops): report detection
+            self.replay_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            return None
+        finally:
+            self.replaying, self.recording, self.phase, self.records = False, False, "forward", []
+        finding = scan(backward, "per-op")
+        if finding is not None:
+            self.replay_error = None
+        return finding
 
     @staticmethod
     def _finite_eager(values) -> bool:

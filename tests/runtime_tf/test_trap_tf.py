@@ -51,6 +51,21 @@ def test_fault_is_localized(tmp_path, path, args, op, kind, rule, function, step
     assert f"{op} produced" in result.stderr and "(exit status 3)" in result.stderr
 
 
+@pytest.mark.parametrize("mode,localized", [("eager", "per-op"), ("function", "replay")])
+def test_backward_fault_names_the_forward_op(tmp_path, mode, localized):
+    """Forward finite, gradient infinite: the backward op, and the forward op and line that created it."""
+    path = FIXTURES / "tf_sqrt_distance.py"
+    result = stabcheck_run(path, mode, tmp_path=tmp_path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert (report["op"], report["phase"], report["kind"], report["rule"]) == ("SqrtGrad", "backward", "+inf", "STB202")
+    line = line_of(path, "# FAULT")
+    assert report["location"]["line"] == line and report["location"]["filename"] == str(path)
+    assert report["forward"]["op"] == "sqrt" and report["forward"]["location"]["line"] == line
+    assert (report["step"], report["localized"], report["detected"]["at"]) == (1, localized, "backward")
+    assert panels(result.stderr) == 1 and "Traceback" not in result.stderr
+
+
 def test_input_statistics_of_the_saturated_sigmoid(tmp_path):
     report = stabcheck_run(KERAS_BCE, "fit", tmp_path=tmp_path).report
     (stats,) = report["inputs"]
