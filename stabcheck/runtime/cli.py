@@ -20,6 +20,9 @@ sys.path[0], output and exit status) until the first NaN/Inf in a loss, in a
 tensor passed to backward(), or in a gradient before optimizer.step(). The
 trap then replays the failing step with every op checked and reports the op
 that produced the value: op, file:line, phase, module, input statistics, hint.
+TensorFlow/Keras (imported only if the script does): the loss and gradients of
+GradientTape.gradient are checked (eager, tf.function, model.fit); --per-op
+applies to PyTorch only.
 
 exit status: the script's own; {EXIT_TRAPPED} when the trap stopped the run; 2 for a
 usage error or a missing script.

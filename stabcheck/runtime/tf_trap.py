@@ -544,6 +544,10 @@ class TFTrap:
             if not self.tapes:
                 self.records = []
             return grads
+        if self.muted:  # the cascade of an incident already reported (--action warn)
+            self.steps += 1
+            self.records = [] if not self.tapes else self.records
+            return grads
         where = _where(frame)
         detected = self._detected(target, grads, sources, where)
         records, self.records = self.records, []
@@ -555,6 +559,7 @@ class TFTrap:
             finally:
                 self.busy -= 1
         self.trip(detected, finding, "per-op" if records and not self.overflowed else None)
+        self.steps += 1  # --action warn: the step goes on
         if not self.tapes:
             self.recording = False
         return grads
@@ -715,9 +720,11 @@ class TFTrap:
             del self.tracing[depth:]
         if fn.experimental_get_tracing_count() != before:
             self.traced_here.add(fn)
+        stash, self.stash = self.stash, None
         if fn in self.with_sites:
             self.steps += 1
-        stash, self.stash = self.stash, None
+            if stash is None:
+                self.muted = False  # a healthy step: the next incident is reported again
         if stash is not None:  # --action warn: the step went on; report it now
             self.steps -= 1
             try:
@@ -938,6 +945,8 @@ def _on_nonfinite(index: int, values) -> bool:
     trap = _ACTIVE
     if trap is None or index >= len(trap.sites):
         return True
+    if trap.muted:  # the cascade of an incident already reported (--action warn)
+        return False
     site = trap.sites[index]
     arrays = [np.asarray(v.numpy()) for v in values]
     checked = arrays[: site.nchecked]
@@ -948,7 +957,7 @@ def _on_nonfinite(index: int, values) -> bool:
     snapshot = arrays[site.nchecked + site.nargs:]
     if trap.stash is None:
         trap.stash = Stash(site, checked, args, snapshot, kind)
-    if trap.config.action == "stop" and not trap.muted:
+    if trap.config.action == "stop":
         raise FloatingPointError("stabcheck: non-finite loss or gradients; the step is stopped before the update")
     return False
 
