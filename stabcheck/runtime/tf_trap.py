@@ -114,8 +114,10 @@ _DIRS: tuple[str, ...] = ()
 
 
 def _is_internal(filename: str) -> bool:
+    global _DIRS
     hit = _internal_cache.get(filename)
     if hit is None:
+        _DIRS = _package_dirs()  # a new file: Keras may have been imported after the trap went on
         hit = (filename.startswith(_DIRS) or filename.startswith(_OWN_DIR) or filename.endswith(_SKIP_FILES)
                or filename.startswith("<frozen") or filename.startswith("/tmp/__autograph_generated")
                or "__autograph_generated" in filename)
@@ -176,18 +178,24 @@ def _loc(where) -> Location | None:
 def _keras_module(frame) -> str | None:
     """Path of the Keras layers whose call() is on the stack ("model/dense_1"), outermost first."""
     names = []
-    try:
-        from keras import Layer
-    except Exception:  # pragma: no cover - keras missing
+    keras = sys.modules.get("keras")
+    Layer = getattr(keras, "Layer", None) if keras is not None else None
+    if not isinstance(Layer, type):
         return None
     seen = set()
+    layers = []
     while frame is not None:
         obj = frame.f_locals.get("self") if frame.f_code.co_name in ("call", "__call__") else None
         if isinstance(obj, Layer) and id(obj) not in seen:
             seen.add(id(obj))
-            names.append(obj.name)
+            layers.append(obj)
         frame = frame.f_back
-    return "/".join(reversed(names)) or None
+    layers.reverse()  # outermost first
+    for i, layer in enumerate(layers):
+        if i and getattr(layers[i - 1], "_functional", None) is layer:
+            continue  # the functional model a Sequential builds for itself
+        names.append(layer.name)
+    return "/".join(names) or None
 
 
 # ---------------------------------------------------------------------------

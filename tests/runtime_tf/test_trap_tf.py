@@ -66,6 +66,16 @@ def test_backward_fault_names_the_forward_op(tmp_path, mode, localized):
     assert panels(result.stderr) == 1 and "Traceback" not in result.stderr
 
 
+def test_fault_inside_a_keras_layer_names_the_layer(tmp_path):
+    path = FIXTURES / "keras_layer_divide.py"
+    result = stabcheck_run(path, tmp_path=tmp_path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert (report["op"], report["phase"], report["kind"], report["step"]) == ("RealDiv", "forward", "nan", 1)
+    assert report["location"] == {"filename": str(path), "line": line_of(path, "# FAULT"), "function": "call"}
+    assert report["module"] == "sequential/normalize"
+
+
 def test_input_statistics_of_the_saturated_sigmoid(tmp_path):
     report = stabcheck_run(KERAS_BCE, "fit", tmp_path=tmp_path).report
     (stats,) = report["inputs"]
