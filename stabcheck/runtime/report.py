@@ -3,9 +3,10 @@
 JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
 
     status      "trapped" (the run was stopped) or "warned" (--action warn)
-    framework   "torch"
+    framework   "torch" | "tensorflow"
     phase       "forward" | "backward" | "parameter" | "input" | "unknown"
-    op          producing op ("aten.log.default"); null for parameter/input
+    op          producing op ("aten.log.default"; TensorFlow: the op type, "Log");
+                null for parameter/input
     kind        "nan" | "+inf" | "-inf"
     location    {filename, line, function}: the user's line (for a backward op:
                 the line of the forward op that created it)
