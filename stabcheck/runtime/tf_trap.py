@@ -695,7 +695,7 @@ class TFTrap:
 
             guard = tf.cond(ok, healthy, failing)
             with tf.control_dependencies([guard]):
-                grads = nest.map_structure(_pass_through, grads)
+                grads = _pass_through(grads)
         finally:
             self.busy -= 1
         return grads
@@ -934,12 +934,18 @@ def _is_lso(obj) -> bool:
     return type(obj).__name__ == "LossScaleOptimizer"
 
 
-def _pass_through(g):
-    if g is None:
-        return None
-    if isinstance(g, tf.IndexedSlices):
-        return tf.IndexedSlices(tf.identity(g.values), g.indices, g.dense_shape)
-    return tf.identity(g)
+def _pass_through(grads):
+    """The gradients, through one IdentityN op (created under the caller's control dependency)."""
+    flat = nest.flatten(grads)
+    dense = [i for i, g in enumerate(flat) if isinstance(g, tf.Tensor)]
+    out = list(flat)
+    if dense:
+        for i, t in zip(dense, tf.identity_n([flat[i] for i in dense])):
+            out[i] = t
+    for i, g in enumerate(flat):
+        if isinstance(g, tf.IndexedSlices):
+            out[i] = tf.IndexedSlices(tf.identity(g.values), g.indices, g.dense_shape)
+    return nest.pack_sequence_as(grads, out)
 
 
 def _clear_traces(fn) -> None:
