@@ -46,11 +46,12 @@ class FileJob:
 # Module summaries of the project being checked (see project.py); set before
 # the files are checked, in this process and in each worker.
 _PROJECT: dict = {}
+_PROJECT_DIGEST = project.digest({})
 
 
 def _install_project(index: dict) -> None:
-    global _PROJECT
-    _PROJECT = index
+    global _PROJECT, _PROJECT_DIGEST
+    _PROJECT, _PROJECT_DIGEST = index, project.digest(index)
     _raise_recursion_limit()
 
 
@@ -132,9 +133,11 @@ def check_jobs(jobs: list[FileJob], workers: int | None = None, cache=None) -> l
     if workers > 1 and len(jobs) >= _POOL_THRESHOLD:
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_raise_recursion_limit)
     try:
-        chunk = max(1, min(64, len(jobs) // (workers * 8)))
-        summarize = partial(pool.map, chunksize=chunk) if pool else map
-        index = project.build_index([job.path for job in jobs], cache.summaries(summarize) if cache else summarize)
+        chunk = max(1, min(32, len(jobs) // (workers * 8)))
+        summarize = partial(pool.map, chunksize=max(1, chunk // 4)) if pool else map
+        index = project.build_index(
+            project.candidates([job.path for job in jobs]), cache.summaries(summarize) if cache else summarize
+        )
         _install_project(index)
         fingerprint = project.digest(index)
         jobs = [replace(job, package=project.module_of(job.path)[1], project=fingerprint) for job in jobs]
@@ -144,10 +147,8 @@ def check_jobs(jobs: list[FileJob], workers: int | None = None, cache=None) -> l
             for job in jobs:
                 out.extend(check_file(job))
         else:
-            pool.shutdown()
-            # A fresh pool: its workers receive the summaries at start.
-            pool = ProcessPoolExecutor(max_workers=workers, initializer=_install_project, initargs=(index,))
-            for diags in pool.map(check_file, jobs, chunksize=chunk):
+            # The summaries travel with each chunk of work (they are small).
+            for diags in pool.map(partial(_check_in_project, index), jobs, chunksize=chunk):
                 out.extend(diags)
     finally:
         if pool is not None:
@@ -157,6 +158,12 @@ def check_jobs(jobs: list[FileJob], workers: int | None = None, cache=None) -> l
     out += hits
     out.sort(key=Diagnostic.sort_key)
     return out
+
+
+def _check_in_project(index: dict, job: FileJob) -> list[Diagnostic]:
+    if _PROJECT_DIGEST != job.project:
+        _install_project(index)
+    return check_file(job)
 
 
 def _raise_recursion_limit() -> None:

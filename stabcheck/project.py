@@ -99,6 +99,23 @@ def summarize(path: str) -> tuple[str, dict[str, Export]] | None:
     return (module, exports) if exports and module else None
 
 
+def candidates(paths: list[str]) -> list[str]:
+    """The files whose text could make a probability (read here, cheaply,
+    so only they travel to phase one's workers)."""
+    out = []
+    for path in paths:
+        if not path.endswith(".py"):
+            continue
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        if _CANDIDATE.search(data.decode("utf-8", "replace")):
+            out.append(path)
+    return out
+
+
 def build_index(paths: list[str], map_fn=map) -> Index:
     """Summaries of every module among `paths` that exports a probability."""
     index: Index = {}
