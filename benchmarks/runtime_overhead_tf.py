@@ -91,8 +91,8 @@ class Case:
                 return loss
 
             self.py_step = train_step
-            self.batches = [(tf.constant(self.x[i * batch:(i + 1) * batch]), tf.constant(self.y[i * batch:(i + 1) * batch]))
-                            for i in range(steps)]
+            self.batches = [(tf.constant(self.x[i * batch:(i + 1) * batch]),
+                             tf.constant(self.y[i * batch:(i + 1) * batch])) for i in range(steps)]
 
     def block(self, steps, callbacks=()):
         if self.run == "model.fit":
