@@ -866,7 +866,7 @@ class TFTrap:
                                 detected=detected, localized="no", framework="tensorflow")
         else:
             forward_op = finding.forward.get("op") if finding.forward else None
-            rule, hint = hints.lookup(finding.phase, neutral(finding.op), forward_op)
+            rule, hint = hints.lookup(finding.phase, neutral(finding.op), forward_op, finding.kind)
             report = TrapReport(phase=finding.phase, kind=finding.kind, op=finding.op, location=finding.location,
                                 module=finding.module, forward=finding.forward, inputs=finding.inputs,
                                 outputs=finding.outputs, hint=hint, rule=rule, detected=detected,
