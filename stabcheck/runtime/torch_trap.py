@@ -31,6 +31,7 @@ gradient, and localizes when the step cannot be replayed.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import re
@@ -49,7 +50,30 @@ from stabcheck.runtime import hints
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.report import Location, TrapReport, render, write_json
 
+# Libraries whose frames are never the user's line: torch itself and the frameworks that drive it
+# (Keras 3 with KERAS_BACKEND=torch runs the user's model and loss from keras/src/...). The one list
+# of library roots for every frame walk of this adapter (see _is_internal).
+LIBRARY_PACKAGES = ("torch", "keras", "tf_keras", "tensorflow")
+
+
+def _package_dir(name: str) -> str | None:
+    """Directory of an installed package, without importing it (Keras/TF load only if the user's code does)."""
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, "__file__", None):
+        return os.path.dirname(module.__file__) + os.sep
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return os.path.join(list(spec.submodule_search_locations)[0], "")
+    return os.path.dirname(spec.origin) + os.sep if spec.origin else None
+
+
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_LIBRARY_DIRS = tuple(dict.fromkeys(d for d in (_TORCH_DIR, *map(_package_dir, LIBRARY_PACKAGES[1:])) if d))
 _OWN_DIR = os.path.dirname(stabcheck.__file__) + os.sep
 _SKIP_FILES = ("contextlib.py", "functools.py")
 MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
@@ -87,11 +111,12 @@ _NOT_PRODUCERS = {"detach", "_to_copy", "copy", "copy_", "clone", "lift_fresh", 
 # frames and locations
 
 def _is_internal(filename: str) -> bool:
-    return filename.startswith(_TORCH_DIR) or filename.endswith(_SKIP_FILES) or filename.startswith("<frozen")
+    """A frame of a library (LIBRARY_PACKAGES) or of the standard library's plumbing: not the user's."""
+    return filename.startswith(_LIBRARY_DIRS) or filename.endswith(_SKIP_FILES) or filename.startswith("<frozen")
 
 
 def _caller(frame, stop_at_own: bool = False):
-    """First frame, from `frame` outwards, outside torch (and outside stabcheck).
+    """First frame, from `frame` outwards, outside the libraries (and outside stabcheck).
 
     With stop_at_own, reaching stabcheck's own code first means "no user frame
     in between" (a replayed built-in module) and returns None.
@@ -881,6 +906,10 @@ class TorchTrap:
         """Parameters and inputs that are already non-finite (named as such, not blamed on an op)."""
         seen: set = set()
         produced: set = set()
+        # state the step writes in place (e.g. a Keras metric's running total, updated with copy_ after
+        # the loss): its value now is not the value that was read, and it is no input of the failing
+        # computation -- a loss that is already inf would otherwise be blamed on the metric's "input"
+        mutated = self._mutated_in_place()
         for event in self.events:
             if isinstance(event, ModuleEvent):
                 root = _root_name(event.module)
@@ -894,7 +923,7 @@ class TorchTrap:
                                        f"{root}.{owner}" if owner else root, None, f"{root}.{name}",
                                        [], [tensor_stats(p)], "replay")
             for t in _float_tensors((event.args, event.kwargs)):
-                if id(t) not in produced and not bool(torch.isfinite(t).all()):
+                if id(t) not in produced and id(t) not in mutated and not bool(torch.isfinite(t).all()):
                     module = _root_name(event.module) if isinstance(event, ModuleEvent) else None
                     return Finding("input", None, _kind(t), event.location, module, None, None,
                                    [tensor_stats(t)], [], "replay")
@@ -907,6 +936,19 @@ class TorchTrap:
                         return Finding("parameter", None, _kind(p), None, None, None, "optimizer parameter",
                                        [], [tensor_stats(p)], "replay")
         return None
+
+    def _mutated_in_place(self) -> set:
+        """ids of the tensors that a recorded call of this step wrote in place (self of `x.add_()`,
+        `x += y`, `x.copy_(y)`, or an `out=` argument)."""
+        mutated: set = set()
+        for event in self.events:
+            if isinstance(event, OpEvent):
+                if _is_inplace(event.func) and event.args and isinstance(event.args[0], torch.Tensor):
+                    mutated.add(id(event.args[0]))
+                out = event.kwargs.get("out") if event.kwargs else None
+                if out is not None:
+                    mutated.update(id(t) for t in _float_tensors(out))
+        return mutated
 
     def _replay(self, detected_at: str) -> Finding | None:
         if not self.events or self.overflowed:
@@ -941,8 +983,7 @@ class TorchTrap:
                             with check:
                                 out = _replay_target(event.module)(*args, **kwargs)
                         else:
-                            name = getattr(event.func, "__name__", "")
-                            if name.endswith("_") and not name.endswith("__") or name.startswith("__i"):
+                            if _is_inplace(event.func):
                                 args = tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor)
                                                 and id(x) not in {id(v) for v in mapping.values()} else x, args)
                             with check:
@@ -1063,6 +1104,12 @@ class TorchTrap:
         if self.config.action == "stop":
             self.stopped = report
             raise NonFiniteError(f"stabcheck: {report.headline()}", report)
+
+
+def _is_inplace(func) -> bool:
+    """A torch call that writes its first argument in place: `x.add_()`, `x += y` (not `__add__`)."""
+    name = getattr(func, "__name__", "")
+    return name.endswith("_") and not name.endswith("__") or name.startswith("__i")
 
 
 def _replay_target(module):
