@@ -440,16 +440,13 @@ def log_sigmoid_for(qualname: str | None) -> str:
     return _LOG_SIGMOID_BY_ROOT.get(framework_of(qualname) or "", "log-sigmoid")
 
 
-def logits_loss_for(family: str, qualname: str | None) -> str:
-    """Name the with-logits form of a probability loss, for messages."""
-    root = framework_of(qualname)
-    if family == BCE_PROBS:
-        if root == "torch":
-            return "binary_cross_entropy_with_logits / nn.BCEWithLogitsLoss"
-        if root == "tensorflow" and qualname and ".keras" not in qualname and qualname.startswith("tensorflow.losses"):
-            return "tf.nn.sigmoid_cross_entropy_with_logits"
-        return "the same loss with from_logits=True"
-    return "a loss on logits"
+def bce_with_logits_for(qualname: str) -> str:
+    """Name the with-logits form of a binary cross-entropy, for messages."""
+    if qualname.startswith("torch."):
+        return "binary_cross_entropy_with_logits / nn.BCEWithLogitsLoss"
+    if qualname.startswith("tensorflow.losses."):  # TF1 log_loss
+        return "tf.nn.sigmoid_cross_entropy_with_logits"
+    return "the same loss with from_logits=True"
 
 
 # Names that hold labels: in `y * log(p)` they mark a hand-rolled

@@ -20,7 +20,7 @@ class SigmoidIntoBce(ActivationIntoLoss):
         return (
             f"`{loss}` on a sigmoid output{where}: sigmoid saturates to exactly 0 or 1 in float32 "
             f"(1.0 already for x > ~16.6) and the loss hits log(0); "
-            f"use {N.logits_loss_for(N.BCE_PROBS, qual)} on the logits"
+            f"use {N.bce_with_logits_for(qual)} on the logits"
         )
 
     def make_fix(self, node, qual, arg, val):
