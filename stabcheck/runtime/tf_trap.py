@@ -51,7 +51,8 @@ from tensorflow.python.util import nest
 import stabcheck
 from stabcheck.runtime import hints
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
-from stabcheck.runtime.report import Location, TrapReport, render, write_json
+from stabcheck.runtime.incident import IncidentSink
+from stabcheck.runtime.report import Location, TrapReport
 
 _OWN_DIR = os.path.dirname(stabcheck.__file__) + os.sep
 
@@ -434,7 +435,7 @@ def _function_call(self, *args, **kwargs):
         raise exc.with_traceback(None) from None  # the user's traceback, not the trap's internals
 
 
-class TFTrap:
+class TFTrap(IncidentSink):
     framework = "tensorflow"
 
     def __init__(self, config: TrapConfig):
@@ -847,7 +848,6 @@ class TFTrap:
         self.emit(report)
 
     def _make_report(self, detected: dict, finding: Finding | None, how: str | None) -> TrapReport:
-        rank = os.environ.get("RANK")
         if finding is None:
             kind = "nan"
             msg = detected.get("message", "")
@@ -871,32 +871,7 @@ class TFTrap:
                                 module=finding.module, forward=finding.forward, inputs=finding.inputs,
                                 outputs=finding.outputs, hint=hint, rule=rule, detected=detected,
                                 localized=finding.localized, framework="tensorflow")
-        report.step = self.steps
-        report.rank = int(rank) if rank and rank.isdigit() else None
-        report.status = "trapped" if self.config.action == "stop" else "warned"
-        return report
-
-    def emit(self, report: TrapReport) -> None:
-        self.incidents += 1
-        self.muted = True
-        if self.first_report is None:
-            self.first_report = report
-            if self.config.report_json:
-                world = os.environ.get("WORLD_SIZE")
-                try:
-                    write_json(report, self.config.report_json, int(world) if world and world.isdigit() else None)
-                except OSError as exc:
-                    print(f"stabcheck: cannot write {self.config.report_json}: {exc}", file=sys.stderr)
-        if not self.config.quiet:
-            render(report)
-        if self.config.action == "stop":
-            self.stopped = report
-            for hook in list(self.on_stop):
-                try:
-                    hook(self)
-                except Exception:
-                    pass
-            raise NonFiniteError(f"stabcheck: {report.headline()}", report)
+        return self.stamp(report, self.steps)
 
 
 TF_UNREPLAYABLE_HINT = ("the step could not be replayed (a tf.function fed by an iterator or composite tensors, "

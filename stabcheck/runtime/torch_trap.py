@@ -47,8 +47,9 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 import stabcheck
 from stabcheck.runtime import hints
-from stabcheck.runtime.config import NonFiniteError, TrapConfig
-from stabcheck.runtime.report import Location, TrapReport, render, write_json
+from stabcheck.runtime.config import TrapConfig
+from stabcheck.runtime.incident import IncidentSink
+from stabcheck.runtime.report import Location, TrapReport
 
 # Libraries whose frames are never the user's line: torch itself and the frameworks that drive it
 # (Keras 3 with KERAS_BACKEND=torch runs the user's model and loss from keras/src/...). The one list
@@ -544,7 +545,7 @@ def _autograd_backward(tensors, *args, **kwargs):
     return result
 
 
-class TorchTrap:
+class TorchTrap(IncidentSink):
     def __init__(self, config: TrapConfig):
         self.config = config
         self.depth = 0
@@ -1063,7 +1064,6 @@ class TorchTrap:
         self.emit(report)
 
     def _make_report(self, detected, finding: Finding | None, value, kind_hint) -> TrapReport:
-        rank = os.environ.get("RANK")
         if finding is None:
             kind = kind_hint or (_kind(value) if isinstance(value, torch.Tensor) else None) or "nan"
             loc = detected.get("location")
@@ -1083,27 +1083,7 @@ class TorchTrap:
                                 module=finding.module, forward=finding.forward, parameter=finding.parameter,
                                 inputs=finding.inputs, outputs=finding.outputs, hint=hint, rule=rule,
                                 detected=detected, localized=finding.localized)
-        report.step = self.step
-        report.rank = int(rank) if rank and rank.isdigit() else None
-        report.status = "trapped" if self.config.action == "stop" else "warned"
-        return report
-
-    def emit(self, report: TrapReport) -> None:
-        self.incidents += 1
-        self.muted = True
-        if self.first_report is None:
-            self.first_report = report
-            if self.config.report_json:
-                world = os.environ.get("WORLD_SIZE")
-                try:
-                    write_json(report, self.config.report_json, int(world) if world and world.isdigit() else None)
-                except OSError as exc:
-                    print(f"stabcheck: cannot write {self.config.report_json}: {exc}", file=sys.stderr)
-        if not self.config.quiet:
-            render(report)
-        if self.config.action == "stop":
-            self.stopped = report
-            raise NonFiniteError(f"stabcheck: {report.headline()}", report)
+        return self.stamp(report, self.step)
 
 
 def _is_inplace(func) -> bool:
