@@ -15,13 +15,12 @@ a replay. Nested traps reuse the outermost one.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.util
 import os
 import sys
 import threading
 
 from stabcheck.runtime.config import TrapConfig
+from stabcheck.runtime.import_hook import AfterImport
 
 _lock = threading.RLock()
 _depth = 0
@@ -127,41 +126,7 @@ class trap(contextlib.ContextDecorator):
 
 # -- `stabcheck run`: install when the script imports torch --------------------
 
-class _TorchImportHook(importlib.abc.MetaPathFinder):
-    """Installs the trap right after `import torch` finishes (torch is never imported early)."""
-
-    def __init__(self, config: TrapConfig):
-        self.config = config
-        self._busy = False
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "torch" or self._busy:
-            return None
-        self._busy = True
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._busy = False
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        loader = spec.loader
-        original = loader.exec_module
-        hook = self
-
-        def exec_module(module):
-            original(module)
-            hook.remove()
-            start(hook.config)
-
-        loader.exec_module = exec_module
-        return spec
-
-    def remove(self) -> None:
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-
-_hook: _TorchImportHook | None = None
+_hook: AfterImport | None = None
 
 
 def start(config: TrapConfig) -> None:
@@ -177,8 +142,7 @@ def start(config: TrapConfig) -> None:
             _depth += 1
             _install(config)
         elif _hook is None:
-            _hook = _TorchImportHook(config)
-            sys.meta_path.insert(0, _hook)
+            _hook = AfterImport("torch", lambda: start(config)).install()
 
 
 def stop(final_check: bool = True) -> None:

@@ -9,12 +9,11 @@ finishes. Nested activations reuse the outermost trap.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import sys
 import threading
 
 from stabcheck.runtime.config import TrapConfig
+from stabcheck.runtime.import_hook import AfterImport
 
 _lock = threading.RLock()
 _trap = None  # the active TFTrap
@@ -38,44 +37,22 @@ def last_stopped():
     return _last_stopped
 
 
-class _TFImportHook(importlib.abc.MetaPathFinder):
-    """Activates the pending trap right after `import tensorflow` finishes."""
-
-    def __init__(self):
-        self._busy = False
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "tensorflow" or self._busy:
-            return None
-        self._busy = True
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._busy = False
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            original(module)
-            _remove_hook()
-            with _lock:
-                config = _pending
-                if config is not None and _trap is None:
-                    _activate(config)
-
-        spec.loader.exec_module = exec_module
-        return spec
+def _on_import() -> None:
+    """`import tensorflow` just finished: activate the pending trap."""
+    _remove_hook()
+    with _lock:
+        config = _pending
+        if config is not None and _trap is None:
+            _activate(config)
 
 
-_hook: _TFImportHook | None = None
+_hook: AfterImport | None = None
 
 
 def _remove_hook() -> None:
     global _hook
     if _hook is not None:
-        if _hook in sys.meta_path:
-            sys.meta_path.remove(_hook)
+        _hook.remove()
         _hook = None
 
 
@@ -111,8 +88,7 @@ def enter(config: TrapConfig) -> bool:
         if tf_loaded():
             _activate(config)
         elif _hook is None:
-            _hook = _TFImportHook()
-            sys.meta_path.insert(0, _hook)
+            _hook = AfterImport("tensorflow", _on_import).install()
         return True
 
 
