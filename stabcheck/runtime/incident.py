@@ -1,13 +1,31 @@
-"""What every framework trap does with a finished report: stamp it with the
-step and rank, write the JSON once, print it, and stop the run if asked."""
+"""What every framework trap shares once it has localised a fault: the
+finding, and what happens to the report (stamped with step and rank, written
+once as JSON, printed, and the run stopped if asked)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 
 from stabcheck.runtime.config import NonFiniteError
-from stabcheck.runtime.report import TrapReport, render, write_json
+from stabcheck.runtime.report import Location, TrapReport, render, write_json
+
+
+@dataclass
+class Finding:
+    """The producer a trap localised, before it becomes a report."""
+
+    phase: str  # forward, backward, input, parameter
+    op: str | None
+    kind: str  # nan, +inf, -inf
+    location: Location | None
+    module: str | None = None
+    forward: dict | None = None  # for a backward op: the forward op and line
+    parameter: str | None = None  # a parameter already non-finite
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    localized: str = "replay"
 
 
 def _env_int(name: str) -> int | None:

@@ -38,7 +38,7 @@ import math
 import os
 import sys
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,7 @@ from tensorflow.python.util import nest
 import stabcheck
 from stabcheck.runtime import hints
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
-from stabcheck.runtime.incident import IncidentSink
+from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
 
 _OWN_DIR = os.path.dirname(stabcheck.__file__) + os.sep
@@ -275,19 +275,6 @@ def _sum32(t):
 # findings
 
 
-@dataclass
-class Finding:
-    phase: str
-    op: str | None
-    kind: str
-    location: Location | None
-    module: str | None = None
-    forward: dict | None = None
-    inputs: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)
-    localized: str = "replay"
-
-
 class _ReplayDone(BaseException):
     """Ends a replay at the failing gradient() call, before any update runs."""
 
@@ -322,8 +309,8 @@ def scan(records, localized: str) -> Finding | None:
             location = Location(**forward["location"])
         stats_in = [tensor_stats(i) for i in inputs if hasattr(i, "numpy") and getattr(i, "dtype", None) is not None
                     and i.dtype != tf.resource]
-        return Finding(phase, op_type, kind, location, module, forward, stats_in,
-                       [tensor_stats(o) for o in outs], localized)
+        return Finding(phase, op_type, kind, location, module, forward, inputs=stats_in,
+                       outputs=[tensor_stats(o) for o in outs], localized=localized)
     return None
 
 

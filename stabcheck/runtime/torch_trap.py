@@ -37,7 +37,6 @@ import os
 import re
 import sys
 import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,7 +47,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 import stabcheck
 from stabcheck.runtime import hints
 from stabcheck.runtime.config import TrapConfig
-from stabcheck.runtime.incident import IncidentSink
+from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
 
 # Libraries whose frames are never the user's line: torch itself and the frameworks that drive it
@@ -296,20 +295,6 @@ def _where(frame):
     """(filename, line, function) of the first user frame from `frame` outwards: cheap, for recording."""
     frame = _caller(frame)
     return (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name) if frame is not None else None
-
-
-@dataclass
-class Finding:
-    phase: str
-    op: str | None
-    kind: str
-    location: Location | None
-    module: str | None = None
-    forward: dict | None = None
-    parameter: str | None = None
-    inputs: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)
-    localized: str = "replay"
 
 
 class _Found(Exception):
