@@ -64,7 +64,7 @@ def fix_files(diags: list[Diagnostic], jobs: list, unsafe: bool, diff: bool, out
             if not applied:
                 break
             applied_total += applied
-            found = engine.check_source(text, path, job.codes, job.package, resolver)
+            found = engine.check_source(text, path, job.codes, job.package, resolver, job.opt_in)
         remaining.extend(found)
         if text == original:
             continue
@@ -100,7 +100,7 @@ def _fix_notebook(path, found, job, unsafe, diff, resolver, out):
         if not applied:
             break
         applied_total += applied
-        found = notebook.check_notebook(data, path, job.codes, job.package, resolver)
+        found = notebook.check_notebook(data, path, job.codes, job.package, resolver, job.opt_in)
     if data != original:
         if diff:
             name = display_path(path).lstrip("/")

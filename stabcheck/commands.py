@@ -59,13 +59,14 @@ def run_check(args) -> int:
         print("stabcheck: warning: no Python files found under the given paths", file=sys.stderr)
 
     per_file = PerFileIgnores(settings)
-    enabled_by_ignores: dict[tuple[str, ...], frozenset[str]] = {}
+    enabled_by_ignores: dict[tuple[str, ...], tuple[frozenset[str], frozenset[str]]] = {}
     jobs = []
     for path in files:
         extra = tuple(per_file.codes_for(path))
         if extra not in enabled_by_ignores:
-            enabled_by_ignores[extra] = settings.enabled(list(extra))
-        jobs.append(FileJob(path, enabled_by_ignores[extra]))
+            enabled_by_ignores[extra] = settings.enabled(list(extra)), settings.opt_in(list(extra))
+        codes, opt_in = enabled_by_ignores[extra]
+        jobs.append(FileJob(path, codes, opt_in))
     cache = None if args.no_cache or os.environ.get("STABCHECK_NO_CACHE") else Cache(cache_dir(settings))
     diags = check_jobs(jobs, args.jobs, cache)
 

@@ -27,6 +27,18 @@ DEFAULT_EXCLUDE = (
 )
 
 
+# The default selection: every rule's default tier. ALL (or a rule's code or
+# prefix) adds the opt-in shapes each rule's page lists.
+DEFAULT_SELECTOR = "DEFAULT"
+TIER_SELECTORS = ("ALL", DEFAULT_SELECTOR)
+
+# Test code holds deliberate naive oracles (`np.log(np.sum(np.exp(x)))` as
+# the reference for logsumexp) and tiny models: the bug rules stay out of it
+# unless the configuration's own `per-file-ignores` replaces these.
+TEST_FILES = ("tests/", "test/", "test_*.py", "*_test.py", "conftest.py")
+BUG_RULES = ["STB0", "STB1", "STB2"]
+
+
 class ConfigError(Exception):
     pass
 
@@ -35,10 +47,10 @@ class ConfigError(Exception):
 class Settings:
     root: Path  # patterns are relative to this directory
     source: Path | None = None  # the pyproject.toml read, if any
-    select: list[str] = field(default_factory=lambda: ["ALL"])
+    select: list[str] = field(default_factory=lambda: [DEFAULT_SELECTOR])
     ignore: list[str] = field(default_factory=list)
     extend_select: list[str] = field(default_factory=list)
-    per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+    per_file_ignores: dict[str, list[str]] = field(default_factory=lambda: {p: list(BUG_RULES) for p in TEST_FILES})
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     extend_exclude: list[str] = field(default_factory=list)
     respect_gitignore: bool = True
@@ -46,34 +58,46 @@ class Settings:
     def enabled(self, extra_ignore: list[str] = ()) -> frozenset[str]:
         return resolve(self.select + self.extend_select, self.ignore + list(extra_ignore))
 
+    def opt_in(self, extra_ignore: list[str] = ()) -> frozenset[str]:
+        """Enabled codes whose opt-in shapes are reported too."""
+        return resolve(self.select + self.extend_select, self.ignore + list(extra_ignore), opt_in=True)
+
 
 _LIST_KEYS = {"select", "ignore", "extend-select", "exclude", "extend-exclude"}
 _CODE_KEYS = {"select", "ignore", "extend-select"}
+_PER_FILE_KEYS = {"per-file-ignores", "extend-per-file-ignores"}
 
 
 def valid_selector(sel: str) -> bool:
-    return sel == "ALL" or any(code.startswith(sel) for code in RULES) and sel.startswith("STB")
+    return sel in TIER_SELECTORS or any(code.startswith(sel) for code in RULES) and sel.startswith("STB")
 
 
-def resolve(select: list[str], ignore: list[str]) -> frozenset[str]:
+def resolve(select: list[str], ignore: list[str], opt_in: bool = False) -> frozenset[str]:
     """Enabled codes. The most specific matching selector wins; on a tie,
     ignore wins (`select = ["STB"]`, `ignore = ["STB1"]`, `select = ["STB102"]`
-    on the command line re-enables just STB102)."""
+    on the command line re-enables just STB102). With `opt_in`: the enabled
+    codes that a selector other than DEFAULT enables (their opt-in shapes
+    are reported too)."""
 
     def spec(sel: str) -> int:
-        return 0 if sel == "ALL" else len(sel)
+        return 0 if sel in TIER_SELECTORS else len(sel)
+
+    def matches(sel: str, code: str) -> bool:
+        return sel in TIER_SELECTORS or code.startswith(sel)
 
     out = set()
     for code in RULES:
-        best_sel = max((spec(s) for s in select if s == "ALL" or code.startswith(s)), default=-1)
-        best_ign = max((spec(s) for s in ignore if s == "ALL" or code.startswith(s)), default=-1)
-        if best_sel >= 0 and best_sel > best_ign:
+        best_ign = max((spec(s) for s in ignore if matches(s, code)), default=-1)
+        chosen = [s for s in select if matches(s, code) and spec(s) > best_ign]
+        if opt_in:
+            chosen = [s for s in chosen if s != DEFAULT_SELECTOR]
+        if chosen:
             out.add(code)
     return frozenset(out)
 
 
 def parse_selectors(text: str, what: str) -> list[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
+    items = [s.strip().upper() for s in text.split(",") if s.strip()]
     for s in items:
         if not valid_selector(s):
             raise ConfigError(f"{what}: unknown rule selector {s!r} (see `stabcheck rules`)")
@@ -115,6 +139,7 @@ def load(path: Path | None, start: Path) -> Settings:
 def from_table(table: dict, path: Path) -> Settings:
     settings = Settings(root=path.parent.resolve(), source=path)
     where = f"{path}: [tool.stabcheck]"
+    extra_per_file: dict[str, list[str]] = {}  # extend-per-file-ignores, kept whatever order the keys come in
     for key, value in table.items():
         if key in _LIST_KEYS:
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
@@ -124,22 +149,28 @@ def from_table(table: dict, path: Path) -> Settings:
                     if not valid_selector(sel):
                         raise ConfigError(f"{where} {key}: unknown rule selector {sel!r} (see `stabcheck rules`)")
             setattr(settings, key.replace("-", "_"), list(value))
-        elif key == "per-file-ignores":
+        elif key in _PER_FILE_KEYS:
             if not isinstance(value, dict):
-                raise ConfigError(f"{where} per-file-ignores must be a table of pattern = [codes], got {value!r}")
+                raise ConfigError(f"{where} {key} must be a table of pattern = [codes], got {value!r}")
             for pattern, codes in value.items():
                 if not (isinstance(codes, list) and all(isinstance(c, str) for c in codes)):
-                    raise ConfigError(f"{where} per-file-ignores.{pattern!r} must be a list of codes, got {codes!r}")
+                    raise ConfigError(f"{where} {key}.{pattern!r} must be a list of codes, got {codes!r}")
                 for sel in codes:
                     if not valid_selector(sel):
-                        raise ConfigError(f"{where} per-file-ignores.{pattern!r}: unknown rule selector {sel!r}")
-            settings.per_file_ignores = {k: list(v) for k, v in value.items()}
+                        raise ConfigError(f"{where} {key}.{pattern!r}: unknown rule selector {sel!r}")
+            table = {k: list(v) for k, v in value.items()}
+            if key == "per-file-ignores":  # replaces the defaults (the test-file policy)
+                extended = {k: v for k, v in settings.per_file_ignores.items() if k in extra_per_file}
+                settings.per_file_ignores = {**table, **extended}
+            else:
+                extra_per_file.update(table)
+                settings.per_file_ignores.update(table)
         elif key == "respect-gitignore":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} respect-gitignore must be true or false, got {value!r}")
             settings.respect_gitignore = value
         else:
-            known = ", ".join(sorted(_LIST_KEYS | {"per-file-ignores", "respect-gitignore"}))
+            known = ", ".join(sorted(_LIST_KEYS | _PER_FILE_KEYS | {"respect-gitignore"}))
             raise ConfigError(f"{where}: unknown key {key!r} (known keys: {known})")
     return settings
 

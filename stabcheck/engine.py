@@ -26,6 +26,7 @@ from stabcheck.diagnostics import Diagnostic
 from stabcheck.fixes import FixContext
 from stabcheck.source import SourceMap
 from stabcheck.flow import EVENTS, Walker
+from stabcheck.flow.facts import Context, is_evaluation_path
 from stabcheck.suppress import Suppressions, unused_noqa
 
 # Deeply nested generated code: recursion in the walk is bounded by nesting
@@ -39,6 +40,9 @@ _POOL_THRESHOLD = 16
 class FileJob:
     path: str  # as shown to the user
     codes: frozenset[str]  # enabled for this file (after per-file ignores)
+    # Codes whose opt-in shapes are reported too (selected by code, prefix or
+    # ALL rather than by the default selection); None: every enabled code.
+    opt_in: frozenset[str] | None = None
     package: str | None = None  # for relative imports
     project: str = ""  # fingerprint of the project's module summaries
 
@@ -63,11 +67,13 @@ def decode(data: bytes) -> str:
 
 
 def check_source(
-    source: str, path: str, codes: frozenset[str], package: str | None = None, resolver=None
+    source: str, path: str, codes: frozenset[str], package: str | None = None, resolver=None,
+    opt_in: frozenset[str] | None = None,
 ) -> list[Diagnostic]:
     """Check one file's text. Never raises for bad input. `resolver` maps a
     dotted module name to its exports (project.py), for imports from the
-    checked project; `package` places relative imports."""
+    checked project; `package` places relative imports; `opt_in` as in
+    `FileJob`."""
     try:
         tree = ast.parse(source, filename=path)
     except (SyntaxError, ValueError) as exc:
@@ -79,12 +85,17 @@ def check_source(
         return []
     smap = SourceMap(source)
     raw: list[tuple] = []
-    report = lambda code, node, message, fix=None: raw.append((code, node, message, fix))  # noqa: E731
+
+    def report(code, node, message, fix=None, tier_opt_in=False):
+        if not tier_opt_in or opt_in is None or code in opt_in:
+            raw.append((code, node, message, fix))
+
     ctx = FixContext(smap, tree, None)
-    instances = [check(report, ctx) for check in checks]
+    facts = Context(evaluation=is_evaluation_path(path))
+    instances = [check(report, ctx, facts) for check in checks]
     listeners = {ev: [getattr(c, "on_" + ev) for c in instances if hasattr(c, "on_" + ev)] for ev in EVENTS}
     try:
-        walker = Walker(listeners, resolver, package)
+        walker = Walker(listeners, resolver, package, facts)
         ctx.scope = walker.scope
         walker.run(tree)
     except RecursionError:
@@ -116,12 +127,12 @@ def check_file(job: FileJob) -> list[Diagnostic]:
     if job.path.endswith(".ipynb"):
         from stabcheck.notebook import check_notebook
 
-        return check_notebook(data, job.path, job.codes, job.package, _PROJECT.get if _PROJECT else None)
+        return check_notebook(data, job.path, job.codes, job.package, _PROJECT.get if _PROJECT else None, job.opt_in)
     try:
         source = decode(data)
     except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
         return _meta(SYNTAX_ERROR.code, f"cannot decode file: {_decode_reason(exc, data)}", job.path, job.codes)
-    return check_source(source, job.path, job.codes, job.package, _PROJECT.get if _PROJECT else None)
+    return check_source(source, job.path, job.codes, job.package, _PROJECT.get if _PROJECT else None, job.opt_in)
 
 
 def check_jobs(jobs: list[FileJob], workers: int | None = None, cache=None) -> list[Diagnostic]:

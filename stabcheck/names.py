@@ -31,11 +31,15 @@ ACOS = "acos"  # acos / asin: domain [-1, 1], infinite slope at the ends
 DIVIDE = "divide"
 COSINE = "cosine"  # cosine similarity in [-1, 1]
 ABS = "abs"
+NEG = "neg"  # x.neg(): flips the sign facts
+LOG_PROB = "log_prob"  # log_softmax / log_sigmoid / log_prob: at most 0
+POW = "pow"  # pow(x, 2) is a square, pow(x, 0.5) a sqrt
 # Reductions: the value they give is a `Red` of this kind.
 SUM = "sum"
 MEAN = "mean"
 NORM = "norm"
 STD = "std"
+VAR = "var"
 MAX = "max"
 PASSTHROUGH = "passthrough"  # returns its first argument's kind (reshape, cast, ...)
 
@@ -175,6 +179,14 @@ _DIVIDE_NAMES = _expand(
     "{torch.div,torch.divide,torch.true_divide,numpy.divide,numpy.true_divide,jax.numpy.divide}",
     "{tensorflow.divide,tensorflow.math.divide,tensorflow.truediv,tensorflow.math.truediv,keras.ops.divide,keras.ops.true_divide}",
 )
+_POW_NAMES = _expand("{torch,numpy,jax.numpy,tensorflow,tensorflow.math,keras.ops}.{pow,power}", "torch.float_power")
+_LOG_PROB_NAMES = _expand(
+    "torch.{log_softmax,special.log_softmax,nn.functional.log_softmax,nn.functional.logsigmoid}",
+    "jax.nn.{log_softmax,log_sigmoid}",
+    "{tensorflow.nn,tensorflow.math}.{log_softmax,log_sigmoid}",
+    "keras.ops.{log_softmax,log_sigmoid}",
+    "scipy.special.{log_softmax,log_expit}",
+)
 _COSINE_NAMES = ["torch.nn.functional.cosine_similarity", "torch.cosine_similarity"]
 _ABS_NAMES = _expand(_ROOTS + ".abs", "{numpy,jax.numpy,keras.ops}.absolute")
 _REDUCTIONS = {
@@ -197,6 +209,10 @@ _REDUCTIONS = {
     STD: _expand(
         "{torch,numpy,jax.numpy,keras.ops,keras.backend}.std",
         "{tensorflow,tensorflow.math}.reduce_std",
+    ),
+    VAR: _expand(
+        "{torch,numpy,jax.numpy,keras.ops,keras.backend}.var",
+        "{tensorflow,tensorflow.math}.reduce_variance",
     ),
     MAX: _expand(
         "{torch,numpy,jax.numpy,keras.ops,keras.backend}.{max,amax}",
@@ -239,7 +255,8 @@ for _n in _PASSTHROUGH_NAMES:
 for _n, (_lo, _hi) in _CLAMPS.items():
     FUNCS[_n] = Func(CLAMP, lo=_lo, hi=_hi)
 for _op, _names in ((EXP, _EXP_NAMES), (LOG1P, _LOG1P_NAMES), (SQRT, _SQRT_NAMES), (ACOS, _ACOS_NAMES),
-                    (DIVIDE, _DIVIDE_NAMES), (COSINE, _COSINE_NAMES), (ABS, _ABS_NAMES)):
+                    (DIVIDE, _DIVIDE_NAMES), (COSINE, _COSINE_NAMES), (ABS, _ABS_NAMES), (POW, _POW_NAMES),
+                    (LOG_PROB, _LOG_PROB_NAMES)):
     for _n in _names:
         FUNCS[_n] = Func(_op)
 for _kind, _names in _REDUCTIONS.items():
@@ -277,6 +294,10 @@ METHODS: dict[str, tuple[Func, range]] = {
     "mean": (Func("reduce", kind=MEAN), range(0, 4)),
     "norm": (Func("reduce", kind=NORM), range(0, 4)),
     "std": (Func("reduce", kind=STD), range(0, 4)),
+    "var": (Func("reduce", kind=VAR), range(0, 4)),
+    "log_softmax": (Func(LOG_PROB), range(0, 3)),
+    "log_prob": (Func(LOG_PROB), range(1, 2)),  # a distribution's log-density
+    "neg": (Func(NEG), range(0, 1)),
     "max": (Func("reduce", kind=MAX), range(0, 3)),
     "amax": (Func("reduce", kind=MAX), range(0, 3)),
 }
@@ -291,6 +312,16 @@ PASSTHROUGH_METHODS = frozenset(
 # Libraries whose arrays carry gradients (a forward-finite op can still
 # have an infinite derivative there) and whose default float is float32.
 AUTODIFF_ROOTS = frozenset({"torch", "tensorflow", "keras", "jax"})
+
+# Where no gradient flows: blocks and decorators (`with torch.no_grad():`,
+# `@torch.inference_mode()`), functions whose arguments are cut from the
+# graph, and methods that take a value out of it.
+NO_GRAD_CONTEXTS = frozenset(_expand(
+    "torch.{no_grad,inference_mode,autograd.no_grad,autograd.inference_mode,autograd.grad_mode.no_grad}",
+))
+GRAD_SWITCH = frozenset({"torch.set_grad_enabled", "torch.autograd.set_grad_enabled"})  # no grad when given False
+STOP_GRADIENT = frozenset({"tensorflow.stop_gradient", "jax.lax.stop_gradient", "keras.ops.stop_gradient"})
+NO_GRAD_METHODS = frozenset({"item", "detach", "detach_", "tolist", "numpy"})
 
 # ---------------------------------------------------------------- modules and layers
 # Constructors whose instances, when called, return a probability.

@@ -159,9 +159,9 @@ def parse(data: bytes) -> Notebook:
 
 
 def check_notebook(data: bytes, path: str, codes: frozenset[str], package: str | None = None,
-                   resolver=None) -> list[Diagnostic]:
+                   resolver=None, opt_in: frozenset[str] | None = None) -> list[Diagnostic]:
     """Check a notebook file's bytes: findings have `cell` and rows within the
-    cell. `package` and `resolver` as for `engine.check_source`."""
+    cell. `package`, `resolver` and `opt_in` as for `engine.check_source`."""
     from stabcheck.engine import check_source
 
     try:
@@ -177,7 +177,7 @@ def check_notebook(data: bytes, path: str, codes: frozenset[str], package: str |
         return f"({m.group(1)}cell {cell}, line {row})"
 
     out = []
-    for d in check_source(nb.source, path, codes, package, resolver):
+    for d in check_source(nb.source, path, codes, package, resolver, opt_in):
         cell, row = nb.locate(d.row)
         end_row = max(d.end_row - (d.row - row), row)
         message = _LINE_REF.sub(cell_line, d.message)  # " (made at line 12)" names a row of the joined source

@@ -82,6 +82,16 @@ class Diff:
         self.right = right
 
 
+class Delta:
+    """`a - b` of two values nothing else is known about: squared, a distance.
+    `centred`: `x - mean(x)`, a deviation (squared, a variance), not a distance."""
+
+    __slots__ = ("centred",)
+
+    def __init__(self, centred: bool = False):
+        self.centred = centred
+
+
 class Tup:
     __slots__ = ("items",)
 
@@ -115,14 +125,17 @@ class LossObj:
 
 
 class Exp:
-    """`exp(x)`; `shifted` when `x` had its max subtracted (cannot overflow)."""
+    """`exp(x)`; `shifted` when `x` is known to be <= 0 (cannot overflow);
+    `maxshift` when that is because its max was subtracted, so a sum of
+    these is >= 1 (the max term is exp(0)) and cannot underflow to 0."""
 
-    __slots__ = ("node", "shifted", "qual")
+    __slots__ = ("node", "shifted", "qual", "maxshift")
 
-    def __init__(self, node, shifted: bool, qual: str | None):
+    def __init__(self, node, shifted: bool, qual: str | None, maxshift: bool = False):
         self.node = node
         self.shifted = shifted
         self.qual = qual
+        self.maxshift = maxshift
 
 
 class OnePlusExp:
@@ -135,12 +148,14 @@ class OnePlusExp:
 
 
 class Sq:
-    """`x ** 2`, `square(x)`."""
+    """`x ** 2`, `square(x)`, `x * x`; `diff` when `x` is a difference
+    `a - b` (a squared distance: exactly 0 where the two coincide)."""
 
-    __slots__ = ("node",)
+    __slots__ = ("node", "diff")
 
-    def __init__(self, node):
+    def __init__(self, node, diff: bool = False):
         self.node = node
+        self.diff = diff
 
 
 class Red:
@@ -149,21 +164,23 @@ class Red:
     pos: positive by construction (a sum of probabilities or of exps);
     guarded: an epsilon or clamp keeps it away from 0;
     exp: the unshifted `Exp` it sums (log-sum-exp, naive softmax);
-    sumsq: it is a sum (or mean) of squares.
+    sumsq: it is a sum (or mean) of squares;
+    dist: of squared differences (a squared distance).
     """
 
-    __slots__ = ("kind", "node", "pos", "guarded", "exp", "sumsq")
+    __slots__ = ("kind", "node", "pos", "guarded", "exp", "sumsq", "dist")
 
-    def __init__(self, kind, node, pos=False, guarded=False, exp=None, sumsq=False):
+    def __init__(self, kind, node, pos=False, guarded=False, exp=None, sumsq=False, dist=False):
         self.kind = kind
         self.node = node
         self.pos = pos
         self.guarded = guarded
         self.exp = exp
         self.sumsq = sumsq
+        self.dist = dist
 
     def with_guard(self) -> "Red":
-        return Red(self.kind, self.node, self.pos, True, self.exp, self.sumsq)
+        return Red(self.kind, self.node, self.pos, True, self.exp, self.sumsq, self.dist)
 
 
 class Raw:
@@ -214,4 +231,4 @@ class Const:
 
 
 # Values that ride along reshapes, casts, subscripts and `.detach()`.
-TENSOR_VALUES = (Prob, Guarded, LogOf, Exp, Red, Raw, Cosine, Sq, OnePlusExp, NonNeg, NonPos)
+TENSOR_VALUES = (Prob, Guarded, LogOf, Exp, Red, Raw, Cosine, Sq, OnePlusExp, NonNeg, NonPos, Delta)

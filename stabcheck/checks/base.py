@@ -6,10 +6,12 @@ import ast
 from typing import Callable
 
 from stabcheck.fixes import Fix, FixContext
+from stabcheck.flow.facts import Context
 from stabcheck.values import Prob
 
-# A reported finding before positions are turned into rows and columns.
-Report = Callable[[str, ast.AST, str, "Fix | None"], None]
+# A reported finding before positions are turned into rows and columns:
+# (code, node, message, fix, opt_in).
+Report = Callable[[str, ast.AST, str, "Fix | None", bool], None]
 
 
 class Check:
@@ -17,12 +19,16 @@ class Check:
     slug: str = ""
     summary: str = ""  # one line, for `stabcheck rules`
 
-    def __init__(self, report: Report, ctx: FixContext | None = None):
+    def __init__(self, report: Report, ctx: FixContext | None = None, facts: Context | None = None):
         self._report = report
         self.ctx = ctx  # None: fixes are not wanted (or not possible)
+        self.facts = facts if facts is not None else Context()  # where the walk is (flow/facts.py)
 
-    def report(self, node: ast.AST, message: str, fix: Fix | None = None) -> None:
-        self._report(self.code, node, message, fix)
+    def report(self, node: ast.AST, message: str, fix: Fix | None = None, opt_in: bool = False) -> None:
+        """`opt_in`: a shape of the rule too often harmless on real code to be
+        in the default selection; reported when the rule is selected by its
+        code, a prefix or ALL (the rule's page says which shapes)."""
+        self._report(self.code, node, message, fix, opt_in)
 
     def fix(self, builder, *args) -> Fix | None:
         """Run a fix builder; a fix that cannot be written safely is None."""

@@ -25,8 +25,11 @@ class NaiveSoftmax(Check):
                 "and inf / inf is NaN; use softmax (or subtract x.max() first)",
             )
         elif isinstance(den_val, OnePlusExp) and const_value(num) == 1.0:
+            # The forward value is right (1 / inf = 0); only the gradient breaks,
+            # so code without gradients (NumPy) is the opt-in tier.
             self.report(
                 node,
                 "hand-written sigmoid 1 / (1 + exp(-x)): exp(-x) overflows for x < ~-88.7 in float32 and the "
                 "gradient becomes inf / inf = NaN; use sigmoid",
+                opt_in=not self.facts.differentiable(den_val.exp.qual),
             )

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from stabcheck import names as N
 from stabcheck.checks.base import Check
 from stabcheck.values import Red
 
@@ -8,15 +7,27 @@ from stabcheck.values import Red
 class SqrtAtZero(Check):
     code = "STB202"
     slug = "sqrt-at-zero"
-    summary = "sqrt of a sum of squares with no epsilon: its gradient is inf (then NaN) at 0"
+    summary = "sqrt of a squared distance with no epsilon: its gradient is inf (then NaN) where the distance is 0"
 
     def on_sqrt(self, node, x_node, x_val, qual):
         if not (isinstance(x_val, Red) and x_val.sumsq and not x_val.guarded):
             return
-        if qual is not None and N.framework_of(qual) not in N.AUTODIFF_ROOTS:
-            return  # NumPy and friends have no gradients
+        if not self.facts.differentiable(qual):
+            return  # NumPy, no_grad, .item(), stop_gradient: no gradient to break
+        if x_val.dist:
+            self.report(
+                node,
+                "sqrt of a squared distance: it is exactly 0 wherever the two points coincide (the diagonal of a "
+                "pairwise-distance matrix always is), and there the gradient 1 / (2 * sqrt(0)) is inf and becomes "
+                "NaN; add an epsilon inside the sqrt (sqrt(d2 + 1e-12)) or clamp it (d2.clamp_min(1e-12).sqrt())",
+            )
+            return
+        # The norm or RMS of one value: 0 only for an all-zero vector, which
+        # learned features and weights do not meet (opt-in).
         self.report(
             node,
             "sqrt of a sum of squares: the forward value is fine at 0 but the gradient 1 / (2 * sqrt(0)) is inf "
-            "and becomes NaN; add an epsilon inside the sqrt or clamp it (d2.clamp_min(1e-12).sqrt())",
+            "and becomes NaN for an all-zero input; add an epsilon inside the sqrt or clamp it "
+            "(d2.clamp_min(1e-12).sqrt())",
+            opt_in=True,
         )

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import ast
+
+from stabcheck import names as N
 from stabcheck.checks.base import Check
-from stabcheck.values import Red
+from stabcheck.values import Delta, Exp, Red
 
 _WHAT = {"sum": "a sum", "mean": "a mean", "norm": "a norm", "std": "a standard deviation",
          "sqrt": "the square root of a sum", "normprod": "a product of norms"}
@@ -10,18 +13,50 @@ _WHAT = {"sum": "a sum", "mean": "a mean", "norm": "a norm", "std": "a standard 
 class UnguardedDivision(Check):
     code = "STB201"
     slug = "unguarded-division"
-    summary = "division by a sum, norm or std that can be zero, with no epsilon"
+    summary = "division by a standard deviation or a sum of exps that can be zero, with no epsilon"
 
     def on_div(self, node, num, den, num_val, den_val):
-        if not (isinstance(den_val, Red) and den_val.kind in _WHAT) or den_val.guarded or den_val.pos:
+        if not isinstance(den_val, Red) or den_val.guarded or self.facts.nonzero(den):
             return
-        # A sum is flagged in the masked / weighted mean shape `sum(x * m) / sum(m)`
-        # (zero for an empty mask); normalising weights or counts by their own
-        # sum is too common and rarely all-zero to be worth the noise.
+        grad = self.facts.differentiable()
+        if den_val.exp is not None and not den_val.exp.maxshift and not isinstance(num_val, Exp):
+            # A density (a sum or mixture of exps): each exp underflows to 0
+            # far from its mode, so the sum does. `x / x.sum()` of the exps
+            # themselves is a softmax (STB005's business), not this.
+            self.report(
+                node,
+                "division by a sum of exps (a density or normaliser) that underflows to exactly 0 once every "
+                "exponent is below ~-103 in float32 (~-17 in float16): inf/NaN"
+                + (", and NaN gradients" if grad else "")
+                + "; work in log space (logsumexp) or add an epsilon to the denominator",
+            )
+            return
+        if den_val.kind not in _WHAT or den_val.pos:
+            return
+        if den_val.kind == N.STD and _centred(num, num_val):
+            # `(x - x.mean()) / x.std()`: advantages, rewards, features of a batch.
+            self.report(
+                node,
+                "standardising by a standard deviation with no epsilon: it is 0 for a constant batch (equal "
+                "rewards, a padded or single-element batch; an unbiased std of one element is NaN), and 0 / 0 is NaN"
+                + (", in the gradients too" if grad else "")
+                + "; divide by (std + 1e-8)",
+            )
+            return
+        # Normalising learned features by their norm, masked or weighted means,
+        # a vector by its own sum: the denominator is 0 only for an all-zero
+        # input, which healthy code rarely meets (opt-in; see the rule's page).
         if den_val.kind in ("sum", "mean") and not isinstance(num_val, Red):
             return
         self.report(
             node,
-            f"division by {_WHAT[den_val.kind]} that is 0 for an all-zero (or constant) input: inf/NaN, "
-            "and NaN gradients; add an epsilon or clamp the denominator (F.normalize does both)",
+            f"division by {_WHAT[den_val.kind]} that is 0 for an all-zero (or constant) input: inf/NaN"
+            + (", and NaN gradients" if grad else "")
+            + "; add an epsilon or clamp the denominator (F.normalize does both)",
+            opt_in=True,
         )
+
+
+def _centred(num: ast.AST, num_val) -> bool:
+    """`x - mean` (any subtraction of two values): a standardisation's numerator."""
+    return isinstance(num_val, Delta) or isinstance(num, ast.BinOp) and isinstance(num.op, ast.Sub)

@@ -23,8 +23,8 @@ class UnguardedLogOfProbability(Check):
     slug = "unguarded-log-of-probability"
     summary = "log(p) or log(1 - p) of a probability with no guard: -inf and NaN gradients at 0 or 1"
 
-    def __init__(self, report, ctx=None):
-        super().__init__(report, ctx)
+    def __init__(self, report, ctx=None, facts=None):
+        super().__init__(report, ctx, facts)
         self._fired: set[int] = set()
         # (function, variable) -> the unguarded logs of it already multiplied.
         self._products: dict[tuple[int, str], dict[int, LogOf]] = {}

@@ -6,54 +6,83 @@ from __future__ import annotations
 import ast
 
 from stabcheck import names as N
-from stabcheck.flow.facts import clamps_inside_unit, guarded_value, reduction_value, useful_bound
+from stabcheck.flow.facts import (
+    capped, clamps_inside_unit, guarded_value, is_difference, named_max, negated, reduction_value, useful_bound, where_value,
+)
 from stabcheck.flow.scopes import ClassInfo, FuncInfo, Instance
 from stabcheck.flow.syntax import call_arg, base_key, const_value, float16, kw_true, number, target_key
 from stabcheck.values import (
-    TENSOR_VALUES, Cosine, Exp, Guarded, Layer, LogOf, LossObj, NonNeg, NonPos, OnePlusExp, Prob, Qual, Raw, Shifted,
-    Sq, Tup,
+    TENSOR_VALUES, Cosine, Exp, Guarded, Layer, LogOf, LossObj, NonNeg, NonPos, OnePlusExp, Prob, Qual, Raw, Red,
+    Shifted, Sq, Tup,
 )
 
 # torch-only tensor methods: their constant arguments are float32 arithmetic.
 _TORCH_METHODS = frozenset({"clamp", "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_"})
 _HALF_METHODS = frozenset({"half"})
+# Arguments that hold guards: clamp bounds, `maximum(x, eps)`, `log(p + eps)`, `eps=`.
+_BOUND_OPS = frozenset({N.CLAMP, N.MAXIMUM, N.MINIMUM, N.LOG, N.SQRT})
+_EPSILON_KEYWORDS = frozenset({"eps", "epsilon", "min", "max", "clip_value_min", "clip_value_max", "a_min", "a_max"})
 
 
 class CallWalker:
     # ------------------------------------------------------------ calls
-    def _args(self, node: ast.Call, f32: bool = False) -> dict[int, object]:
+    def _args(self, node: ast.Call, f32: bool = False, guard: bool = False, no_grad: bool = False,
+              test: ast.AST | None = None) -> dict[int, object]:
         """Evaluate every argument once; values by id of the argument node.
-        `f32`: the callee computes in float32 (constant arithmetic there is
-        checked for absorbed epsilons)."""
+        `f32`: the callee computes in float32 and `guard`: its arguments are
+        bounds (constant arithmetic there is checked for absorbed epsilons);
+        `no_grad`: the callee cuts its arguments from the graph; `test`: a
+        `where` condition that selects between the arguments."""
         vals = {}
+        facts = self.facts
         self._f32 += f32
+        facts.guard_position += guard
+        facts.no_grad += no_grad
+        marks = (facts.push(test), facts.push(test, negated=True)) if test is not None else None
         try:
             for a in node.args:
                 vals[id(a)] = self.expr(a)
             for kw in node.keywords:
-                vals[id(kw.value)] = self.expr(kw.value)
+                if kw.arg in _EPSILON_KEYWORDS and not guard:
+                    facts.guard_position += 1
+                    try:
+                        vals[id(kw.value)] = self.expr(kw.value)
+                    finally:
+                        facts.guard_position -= 1
+                else:
+                    vals[id(kw.value)] = self.expr(kw.value)
         finally:
             self._f32 -= f32
+            facts.guard_position -= guard
+            facts.no_grad -= no_grad
+            if marks:
+                facts.pop(marks[0])
         return vals
 
     def _call(self, node: ast.Call):
         func = node.func
         if isinstance(func, ast.Attribute):
-            recv = self.expr(func.value)
+            cut = func.attr in N.NO_GRAD_METHODS  # `loss.item()`: the receiver leaves the graph
+            self.facts.no_grad += cut
+            try:
+                recv = self.expr(func.value)
+            finally:
+                self.facts.no_grad -= cut
             if isinstance(recv, Qual):
                 callee = Qual(N.canonical(f"{recv.name}.{func.attr}"))
             elif isinstance(recv, Instance) and func.attr in recv.cls.attrs:
                 callee = recv.cls.attrs[func.attr]  # `self.main(x)`, `self.criterion(out, y)`
             else:
-                return self._method(node, func, recv, self._args(node, func.attr in _TORCH_METHODS))
+                bounds = func.attr in _TORCH_METHODS
+                return self._method(node, func, recv, self._args(node, bounds, guard=bounds))
         else:
             callee = self.expr(func)
-        f32 = isinstance(callee, Qual) and callee.name.split(".", 1)[0] in N.AUTODIFF_ROOTS
-        vals = self._args(node, f32)
+        vals = self._args(node, **self._arg_context(node, callee))
         if isinstance(callee, Qual):
             return self._qualified(node, callee.name, vals)
         if isinstance(callee, FuncInfo):
-            return self._call_function(callee, node, vals)
+            ret = self._call_function(callee, node, vals)
+            return Red(N.MAX, node) if ret is None and named_max(node) else ret
         if isinstance(callee, ClassInfo):
             return Instance(callee)
         if isinstance(callee, Instance):
@@ -69,7 +98,23 @@ class CallWalker:
             return ret
         if isinstance(callee, LossObj):
             self._emit_loss(node, callee.spec, callee.family, callee.qual, vals)
+        elif named_max(node):
+            return Red(N.MAX, node)  # `m = _max_mask_non_finite(x)`: a helper the walk cannot see into
         return None
+
+    def _arg_context(self, node: ast.Call, callee) -> dict:
+        """How a library function treats its arguments (see `_args`)."""
+        if not isinstance(callee, Qual):
+            return {}
+        name = callee.name
+        func = N.FUNCS.get(name)
+        op = func.op if func is not None else None
+        return {
+            "f32": name.split(".", 1)[0] in N.AUTODIFF_ROOTS,
+            "guard": op in _BOUND_OPS,
+            "no_grad": name in N.STOP_GRADIENT,
+            "test": node.args[0] if op == N.WHERE and len(node.args) == 3 else None,
+        }
 
     def _qualified(self, node: ast.Call, name: str, vals: dict):
         func = N.FUNCS.get(name)
@@ -176,7 +221,7 @@ class CallWalker:
             arg = node.args[0]
             if name == "pow" and const_value(arg) == 2.0:
                 self._emit("square", node, func.value, recv)
-                return Sq(node)
+                return Sq(node, is_difference(recv))
             if name == "pow" and const_value(arg) == 0.5:
                 return self._on_sqrt(node, func.value, recv, None)
             if name == "mul":
@@ -205,7 +250,19 @@ class CallWalker:
         if op == "reduce":
             return reduction_value(func.kind, node, x_val)
         if op == N.EXP:
-            return Exp(node, isinstance(x_val, (Shifted, NonPos)), qual)
+            return Exp(node, isinstance(x_val, (Shifted, NonPos)), qual, maxshift=isinstance(x_val, Shifted))
+        if op == N.LOG_PROB:
+            return NonPos()
+        if op == N.NEG:
+            return negated(x_val)
+        if op == N.POW:
+            exponent = const_value(call_arg(node, 1, ("exponent", "y", "x2")))
+            if exponent == 2.0 and x_node is not None:
+                self._emit("square", node, x_node, x_val)
+                return Sq(node, is_difference(x_val))
+            if exponent == 0.5 and x_node is not None:
+                return self._on_sqrt(node, x_node, x_val, qual)
+            return None
         if op == N.ABS:
             return NonNeg()
         if op == N.SQRT:
@@ -223,9 +280,9 @@ class CallWalker:
         if op == N.SQUARE:
             if x_node is not None:
                 self._emit("square", node, x_node, x_val)
-            return Sq(node)
+            return Sq(node, is_difference(x_val))
         if op == N.WHERE:
-            return Guarded(True, True)
+            return where_value(node) or Guarded(True, True)
         if op in (N.MULTIPLY, N.DIVIDE):
             if len(node.args) == 2:
                 a, b = node.args
@@ -235,9 +292,12 @@ class CallWalker:
             return None
         if op == N.CLAMP:
             if isinstance(x_val, Cosine):
-                return Cosine(x_val.node, guarded=clamps_inside_unit(func, node, qual))
+                return Cosine(x_val.node, guarded=clamps_inside_unit(func, node, self.facts.differentiable(qual)))
             lo = func.lo is not None and useful_bound(call_arg(node, *func.lo), low=True)
-            hi = func.hi is not None and useful_bound(call_arg(node, *func.hi), low=False)
+            upper = call_arg(node, *func.hi) if func.hi is not None else None
+            hi = useful_bound(upper, low=False)
+            if upper is not None:
+                x_val = capped(x_val)
             return guarded_value(x_val, lo, hi)
         if op in (N.MAXIMUM, N.MINIMUM):
             if len(node.args) != 2:

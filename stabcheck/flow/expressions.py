@@ -5,11 +5,12 @@ from __future__ import annotations
 import ast
 
 from stabcheck import names as N
-from stabcheck.flow.facts import NONNEG, named_max, sign_of_product
+from stabcheck.flow.facts import is_difference, named_max, named_mean, negated, sign_of_product, sign_of_sum
 from stabcheck.flow.scopes import Instance, Scope, merge
 from stabcheck.flow.syntax import const_value, float32, number, numeric_range, target_key
 from stabcheck.values import (
-    TENSOR_VALUES, Const, Cosine, Diff, Exp, Guarded, LogOf, NonPos, OnePlusExp, Prob, Qual, Red, Shifted, Sq, Tup,
+    TENSOR_VALUES, Const, Cosine, Delta, Diff, Exp, Guarded, LogOf, NonPos, OnePlusExp, Prob, Qual, Red, Shifted, Sq,
+    Tup,
 )
 
 _PASSTHROUGH_ATTRS = frozenset({"data", "T", "mT", "real", "values"})
@@ -48,8 +49,7 @@ class ExpressionWalker:
                     return Const(-val.value)
                 if isinstance(val, LogOf):
                     return val
-                if isinstance(val, NONNEG):
-                    return NonPos()
+                return negated(val)
             return None
         if t in (ast.Tuple, ast.List):
             data = numeric_range(node)
@@ -124,12 +124,23 @@ class ExpressionWalker:
         return None
 
     def _binop(self, node, left: ast.AST, op: ast.operator, right: ast.AST):
-        lval, rval = self.expr(left), self.expr(right)
         t = type(op)
+        lval = self.expr(left)
+        if t is ast.Div:  # a denominator is a guard position (an absorbed epsilon there matters)
+            self.facts.guard_position += 1
+            try:
+                rval = self.expr(right)
+            finally:
+                self.facts.guard_position -= 1
+        else:
+            rval = self.expr(right)
         if t is ast.Mult:
             self._emit("mult", node, left, right, lval, rval)
             if isinstance(lval, Red) and isinstance(rval, Red) and lval.kind == rval.kind == N.NORM:
                 return Red("normprod", node, guarded=lval.guarded or rval.guarded)
+            if type(left) is type(right) and ast.dump(left) == ast.dump(right):
+                self._emit("square", node, left, lval)  # `x * x`
+                return Sq(node, is_difference(lval))
             return sign_of_product(lval, rval)
         if t is ast.Div:
             return self._divide(node, left, right, lval, rval)
@@ -137,7 +148,7 @@ class ExpressionWalker:
             c = const_value(right)
             if c == 2.0:
                 self._emit("square", node, left, lval)
-                return Sq(node)
+                return Sq(node, is_difference(lval))
             if c == 0.5:
                 return self._on_sqrt(node, left, lval, None)
             return None
@@ -145,9 +156,12 @@ class ExpressionWalker:
             return None
         lnum, rnum = number(left, lval), number(right, rval)
         if lnum is not None and rnum is not None:
-            if self._f32:
+            if self._f32 and self.facts.guard_position:
                 self._absorbed(node, lnum, rnum, t is ast.Add)
             return Const(lnum + rnum if t is ast.Add else lnum - rnum)
+        sign = sign_of_sum(lval, rval, subtract=t is ast.Sub)
+        if sign is not None:
+            return sign
         if t is ast.Sub:
             if lnum is not None and lnum >= 1.0:
                 if isinstance(rval, (Prob, Guarded)):
@@ -158,6 +172,8 @@ class ExpressionWalker:
                 return Shifted()  # x - max(x), x - x_max
             if isinstance(lval, Prob) or isinstance(rval, Prob):
                 return Diff(lval, rval)
+            if lnum is None and rnum is None:
+                return Delta(centred=isinstance(rval, Red) and rval.kind == N.MEAN or named_mean(right))
             return None
         # `p + eps`: bounded away from 0. Unknown terms count as a guard:
         # stabcheck only flags what it can prove.
@@ -178,7 +194,8 @@ class ExpressionWalker:
             return
         exact = a + b if add else a - b
         rounded = float32(exact)
-        if rounded == float32(large if add or large is a else -large):
+        if rounded == float32(large if add or large is a else -large) and exact not in self._absorbed_seen:
+            self._absorbed_seen.add(exact)
             self._emit("absorbed", node, exact, rounded)
 
     def _divide(self, node, num, den, num_val, den_val):
@@ -197,6 +214,8 @@ class ExpressionWalker:
     def _on_sqrt(self, node, x_node, x_val, qual):
         self._emit("sqrt", node, x_node, x_val, qual)
         if isinstance(x_val, Red):
-            return Red("sqrt", node, pos=x_val.pos, guarded=x_val.guarded, sumsq=x_val.sumsq)
+            if x_val.kind == N.VAR:  # sqrt(var(x)): a hand-written standard deviation
+                return Red(N.STD, node, guarded=x_val.guarded)
+            return Red("sqrt", node, pos=x_val.pos, guarded=x_val.guarded, sumsq=x_val.sumsq, dist=x_val.dist)
         return None
 

@@ -7,7 +7,8 @@ import ast
 
 from stabcheck import names as N
 from stabcheck.flow.scopes import ClassInfo, FuncInfo, Instance, Scope, merge
-from stabcheck.flow.syntax import target_key
+from stabcheck.flow.facts import ends_block
+from stabcheck.flow.syntax import const_value, target_key
 from stabcheck.project import resolve_relative
 from stabcheck.values import Layer, Prob, Qual, Tup
 
@@ -54,8 +55,19 @@ class StatementWalker:
 
     # ------------------------------------------------------------ statements
     def block(self, body: list[ast.stmt]) -> None:
+        facts = self.facts
+        mark = None
         for stmt in body:
             self.stmt(stmt)
+            # `if d == 0: return` and `assert d > 0` guard the rest of the block.
+            if type(stmt) is ast.If and not stmt.orelse and ends_block(stmt.body):
+                m = facts.push(stmt.test, negated=True)
+                mark = mark or m
+            elif type(stmt) is ast.Assert:
+                m = facts.push(stmt.test)
+                mark = mark or m
+        if mark is not None:
+            facts.pop(mark)
 
     def stmt(self, s: ast.stmt) -> None:
         t = type(s)
@@ -79,19 +91,29 @@ class StatementWalker:
                 self.scope.returns.append(val)
         elif t in (ast.If, ast.While):
             self.expr(s.test)
+            mark = self.facts.push(s.test)
             self.block(s.body)
+            self.facts.pop(mark)
+            mark = self.facts.push(s.test, negated=True)
             self.block(s.orelse)
+            self.facts.pop(mark)
         elif t in (ast.For, ast.AsyncFor):
             it = self.expr(s.iter)
             self._bind(s.target, it if isinstance(it, Prob) else None)
             self.block(s.body)
             self.block(s.orelse)
         elif t in (ast.With, ast.AsyncWith):
+            cut = False
             for item in s.items:
                 self.expr(item.context_expr)
+                cut = cut or self._stops_gradient(item.context_expr)
                 if item.optional_vars is not None:
                     self._bind(item.optional_vars, None)
-            self.block(s.body)
+            self.facts.no_grad += cut
+            try:
+                self.block(s.body)
+            finally:
+                self.facts.no_grad -= cut
         elif t in (ast.Try, getattr(ast, "TryStar", ast.Try)):
             self.block(s.body)
             for h in s.handlers:
@@ -149,6 +171,7 @@ class StatementWalker:
     def _import(self, s, scope: Scope) -> None:
         if isinstance(s, ast.Import):
             for alias in s.names:
+                self.facts.note_import(alias.name)
                 if alias.asname:
                     scope.assign(alias.asname, Qual(N.canonical(alias.name)))
                 else:
@@ -158,6 +181,7 @@ class StatementWalker:
             module = resolve_relative(s.level, s.module, self._package)
             if not module:
                 return
+            self.facts.note_import(module)
             for alias in s.names:
                 if alias.name != "*":
                     scope.assign(alias.asname or alias.name, Qual(N.canonical(f"{module}.{alias.name}")))
@@ -214,12 +238,28 @@ class StatementWalker:
         if self_name:
             scope.vars[self_name] = Instance(info.cls)
         self.scope = scope
+        saved = self.facts.enter_function(no_grad=any(self._stops_gradient(d) for d in node.decorator_list))
         try:
             self._predeclare_local(node.body, scope)
             self.block(node.body)
         finally:
             self.scope = outer
+            self.facts.leave_function(saved)
         return merge(scope.returns)
+
+    def _stops_gradient(self, node: ast.AST) -> bool:
+        """`torch.no_grad()`, `torch.no_grad` (a decorator), `torch.inference_mode()`,
+        `torch.set_grad_enabled(False)`."""
+        call = node if isinstance(node, ast.Call) else None
+        qual = self.expr(call.func if call is not None else node)
+        if not isinstance(qual, Qual):
+            return False
+        if qual.name in N.NO_GRAD_CONTEXTS:
+            return call is None or not call.args or const_value(call.args[0]) != 0.0
+        if qual.name in N.GRAD_SWITCH and call is not None and call.args:
+            first = call.args[0]
+            return isinstance(first, ast.Constant) and first.value is False
+        return False
 
     def _call_function(self, info: FuncInfo, node: ast.Call, vals: dict):
         """What calling `info` returns here. A function given an activation as

@@ -136,3 +136,12 @@ def number(node: ast.AST, val) -> float | None:
     return c
 
 
+
+
+def exp_operand(node: ast.AST) -> ast.AST | None:
+    """`x` of `exp(x)` / `x.exp()`."""
+    if not isinstance(node, ast.Call):
+        return None
+    if isinstance(node.func, ast.Attribute) and not node.args and not node.keywords:
+        return node.func.value
+    return node.args[0] if node.args else None

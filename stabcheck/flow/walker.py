@@ -14,6 +14,7 @@ from typing import Callable
 
 from stabcheck.flow.calls import CallWalker
 from stabcheck.flow.expressions import ExpressionWalker
+from stabcheck.flow.facts import Context
 from stabcheck.flow.scopes import FuncInfo, ClassInfo, Scope
 from stabcheck.flow.statements import StatementWalker
 
@@ -38,8 +39,10 @@ EVENTS = (
 class Walker(StatementWalker, ExpressionWalker, CallWalker):
     """Analyses one module; `listeners` maps an event name to callbacks."""
 
-    def __init__(self, listeners: dict[str, list[Callable]], resolver=None, package: str | None = None):
+    def __init__(self, listeners: dict[str, list[Callable]], resolver=None, package: str | None = None,
+                 facts: Context | None = None):
         self.listeners = {ev: tuple(cbs) for ev, cbs in listeners.items() if cbs}
+        self.facts = facts if facts is not None else Context()  # where the walk is: guards, gradients
         # Another project module's exports by dotted name (None: single file).
         self._resolver = resolver
         self._package = package
@@ -50,6 +53,7 @@ class Walker(StatementWalker, ExpressionWalker, CallWalker):
         self.scope = Scope()
         self._pending: list[FuncInfo | ClassInfo] = []
         self._declared: set[int] = set()  # defs bound before the walk reached them
+        self._absorbed_seen: set[float] = set()  # one finding per absorbed constant
 
     def _emit(self, event: str, *args) -> None:
         for cb in self.listeners.get(event, ()):
