@@ -25,6 +25,7 @@ def _use_color(args) -> bool:
 def run_check(args) -> int:
     from stabcheck import config
     from stabcheck.cache import Cache, cache_dir
+    from stabcheck.diagnostics import Diagnostic
     from stabcheck.checks import INTERNAL_ERROR
     from stabcheck.engine import FileJob, check_jobs
     from stabcheck.files import PerFileIgnores, discover
@@ -52,10 +53,8 @@ def run_check(args) -> int:
         _error("--jobs must be at least 1")
         return EXIT_ERROR
 
-    files, missing = discover(paths, settings)
-    for message in missing:
-        _error(message)
-    if not files and not missing:
+    files, missing, unreadable = discover(paths, settings)
+    if not files and not missing and not unreadable:
         print("stabcheck: warning: no Python files found under the given paths", file=sys.stderr)
 
     per_file = PerFileIgnores(settings)
@@ -67,8 +66,12 @@ def run_check(args) -> int:
             enabled_by_ignores[extra] = settings.enabled(list(extra))
         jobs.append(FileJob(path, enabled_by_ignores[extra]))
     cache = None if args.no_cache or os.environ.get("STABCHECK_NO_CACHE") else Cache(cache_dir(settings))
-    diags = check_jobs(jobs, args.jobs, cache)
+    diags = check_jobs(jobs, args.jobs, cache) + _path_problems(missing, unreadable, settings)
+    diags.sort(key=Diagnostic.sort_key)
 
+    if args.add_noqa or args.diff:  # no report follows: say here what was not checked
+        for given in missing:
+            _error(f"{given}: no such file or directory")
     if args.add_noqa:
         from stabcheck import noqa_tools
 
@@ -108,6 +111,19 @@ def run_check(args) -> int:
     if diags and not args.exit_zero:
         return EXIT_FINDINGS
     return EXIT_CLEAN
+
+
+def _path_problems(missing: list[str], unreadable: list[tuple[str, str]], settings) -> list:
+    """STB902 findings for what could not be looked at: a path named on the
+    command line that does not exist (always shown, exit 2, as ruff's E902)
+    and a directory that could not be listed."""
+    from stabcheck.checks import IO_ERROR
+    from stabcheck.diagnostics import Diagnostic
+
+    out = [Diagnostic(IO_ERROR.code, "no such file or directory", given, 1, 1, 1, 1) for given in missing]
+    if IO_ERROR.code in settings.enabled():
+        out += [Diagnostic(IO_ERROR.code, f"cannot read directory: {why}", path, 1, 1, 1, 1) for path, why in unreadable]
+    return out
 
 
 def run_explain(name: str) -> int:

@@ -37,11 +37,12 @@ def annotation(d: Diagnostic, physical: Physical) -> str:
     props = {"file": repo_relative(d.path) or display_path(d.path)}
     if span is not None:
         row, col, end_row, end_col = span
+        one_line = row == end_row and col is not None
         props["line"] = str(row)
-        if row == end_row:
+        if one_line:
             props["col"] = str(col)
         props["endLine"] = str(end_row)
-        if row == end_row:
+        if one_line:
             props["endColumn"] = str(end_col)
     props["title"] = d.code
     fields = ",".join(f"{k}={escape_property(v)}" for k, v in props.items())

@@ -3,8 +3,8 @@
 `where(d)` is the text form (`path:row:col`, or `nb.ipynb:cell 3:row:col`).
 `Physical` maps a notebook finding, reported per cell, to the line and
 columns of the .ipynb file itself, so CI annotations land on a line of the
-diff; it returns None when the notebook does not store one source line per
-JSON line.
+diff. A cell stored as one JSON string maps to that string's line, without
+columns; `span` returns None when the cell's source is not found.
 """
 
 from __future__ import annotations
@@ -45,25 +45,28 @@ class Physical:
     """Spans in the file on disk; notebooks are read once each."""
 
     def __init__(self):
-        self._files: dict[str, tuple[list[str], dict[int, int]]] = {}
+        self._files: dict[str, tuple[list[str], dict[int, int], dict[int, int]]] = {}
 
-    def _notebook(self, path: str) -> tuple[list[str], dict[int, int]]:
+    def _notebook(self, path: str) -> tuple[list[str], dict[int, int], dict[int, int]]:
         if path not in self._files:
-            from stabcheck.notebook import source_line_numbers
+            from stabcheck.filebytes import read_bytes
+            from stabcheck.notebook import source_line_numbers, string_source_lines
 
             try:
-                with open(path, encoding="utf-8-sig") as fh:
-                    text = fh.read()
+                text = read_bytes(path).decode("utf-8-sig")
             except (OSError, UnicodeDecodeError):
                 text = ""
-            self._files[path] = (text.split("\n"), source_line_numbers(text))
+            self._files[path] = (text.split("\n"), source_line_numbers(text), string_source_lines(text))
         return self._files[path]
 
-    def span(self, d: Diagnostic) -> tuple[int, int, int, int] | None:
-        """(row, col, end_row, end_col), 1-based, end column exclusive."""
+    def span(self, d: Diagnostic) -> tuple[int, int | None, int, int | None] | None:
+        """(row, col, end_row, end_col), 1-based, end column exclusive; the
+        columns are None when the cell is one JSON string."""
         if d.cell is None:
             return d.row, d.col, d.end_row, d.end_col
-        lines, first = self._notebook(d.path)
+        lines, first, strings = self._notebook(d.path)
+        if d.cell in strings:
+            return strings[d.cell], None, strings[d.cell], None
         if d.cell not in first:
             return None
         row = first[d.cell] + d.row - 1
