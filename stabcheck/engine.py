@@ -114,6 +114,11 @@ def check_file(job: FileJob) -> list[Diagnostic]:
         data = read_bytes(job.path)
     except OSError as exc:
         return _meta(IO_ERROR.code, f"cannot read file: {exc.strerror or exc}", job.path, job.codes)
+    return check_data(job, data)
+
+
+def check_data(job: FileJob, data: bytes) -> list[Diagnostic]:
+    """Check a file's bytes (`check -` has no file to read)."""
     if job.path.endswith(".ipynb"):
         from stabcheck.notebook import check_notebook
 

@@ -11,9 +11,51 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from stabcheck.diagnostics import Diagnostic
+from stabcheck.filebytes import read_bytes
+
+# What `check -` read, by the name it is reported under: reports read it here, not from disk.
+STDIN: dict[str, bytes] = {}
+
+# Control and bidirectional-formatting characters: a file name carrying them
+# must not move the cursor, recolour or reorder the terminal's text.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def read_source(path: str) -> bytes:
+    return STDIN[path] if path in STDIN else read_bytes(path)
+
+
+class CheckedCode:
+    """The code each file was checked as (a notebook's joined cells), read
+    once per report: a SourceMap, and for a notebook its `locate`."""
+
+    def __init__(self):
+        self._files: dict[str, tuple | None] = {}
+
+    def get(self, path: str):
+        if path not in self._files:
+            from stabcheck.engine import decode
+            from stabcheck.notebook import parse
+            from stabcheck.source import SourceMap
+
+            try:
+                data = read_source(path)
+                if path.endswith(".ipynb"):
+                    nb = parse(data)
+                    self._files[path] = (SourceMap(nb.source), nb)
+                else:
+                    self._files[path] = (SourceMap(decode(data)), None)
+            except (OSError, SyntaxError, ValueError, LookupError):  # (UnicodeDecodeError, NotebookError: ValueError)
+                self._files[path] = None
+        return self._files[path]
 
 
 def display_path(path: str) -> str:
@@ -21,7 +63,7 @@ def display_path(path: str) -> str:
         rel = os.path.relpath(path)
     except ValueError:
         return path
-    return path if rel.startswith("..") else rel
+    return printable(path if rel.startswith("..") else rel)
 
 
 def repo_relative(path: str) -> str | None:
@@ -49,11 +91,10 @@ class Physical:
 
     def _notebook(self, path: str) -> tuple[list[str], dict[int, int], dict[int, int]]:
         if path not in self._files:
-            from stabcheck.filebytes import read_bytes
             from stabcheck.notebook import source_line_numbers, string_source_lines
 
             try:
-                text = read_bytes(path).decode("utf-8-sig")
+                text = read_source(path).decode("utf-8-sig")
             except (OSError, UnicodeDecodeError):
                 text = ""
             self._files[path] = (text.split("\n"), source_line_numbers(text), string_source_lines(text))
