@@ -240,16 +240,10 @@ def source_line_numbers(text: str) -> dict[int, int]:
     holding its first source line. Only cells stored one source line per JSON
     line (as Jupyter writes them) are mapped; row r of such a cell is on line
     `first + r - 1`."""
-    try:
-        doc = json.loads(text)
-        cells = doc["cells"]
-    except (ValueError, TypeError, KeyError, RecursionError):
-        return {}
-    lines = text.split("\n")
+    lines, sources = _cell_sources(text)
     out: dict[int, int] = {}
     j = 0
-    for index, cell in enumerate(cells if isinstance(cells, list) else [], start=1):
-        source = cell.get("source") if isinstance(cell, dict) else None
+    for index, source in sources:
         if not isinstance(source, list) or not source or not all(isinstance(s, str) for s in source):
             continue
         if any(_LINES.search(s[:-1] if s.endswith("\n") else s) for s in source) or not all(
@@ -270,15 +264,10 @@ def string_source_lines(text: str) -> dict[int, int]:
     """For each code cell whose source is stored as one JSON string: the
     physical line of the .ipynb text holding it (every row of the cell is on
     that line)."""
-    try:
-        cells = json.loads(text)["cells"]
-    except (ValueError, TypeError, KeyError, RecursionError):
-        return {}
-    lines = text.split("\n")
+    lines, sources = _cell_sources(text)
     out: dict[int, int] = {}
     k = 0
-    for index, cell in enumerate(cells if isinstance(cells, list) else [], start=1):
-        source = cell.get("source") if isinstance(cell, dict) else None
+    for index, source in sources:
         if not isinstance(source, str):
             continue
         for j in range(k, len(lines)):
@@ -287,6 +276,18 @@ def string_source_lines(text: str) -> dict[int, int]:
                 out[index], k = j + 1, j + 1
                 break
     return out
+
+
+def _cell_sources(text: str) -> tuple[list[str], list[tuple[int, object]]]:
+    """The lines of a notebook's text and each cell's (1-based index, `source`
+    value); nothing when the text is not a notebook."""
+    try:
+        cells = json.loads(text)["cells"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return [], []
+    if not isinstance(cells, list):
+        return [], []
+    return text.split("\n"), [(i, cell.get("source")) for i, cell in enumerate(cells, start=1) if isinstance(cell, dict)]
 
 
 def _loads(literal: str):
