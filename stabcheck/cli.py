@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         from stabcheck.runtime.cli import main as run_main
 
         return run_main(argv[1:])
+    for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 is printed escaped, not a traceback
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `check --frobnicate`: the usage of `check`, not the top level's

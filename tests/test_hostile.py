@@ -80,6 +80,8 @@ def tree(tmp_path_factory):
     (repo / ".gitignore").write_text("\\\nignored.py\n", encoding="utf-8")  # `\` is no pattern: skipped, as git does
     (repo / "ignored.py").write_text(BUG, encoding="utf-8")
     (repo / "ok.py").write_text(BUG, encoding="utf-8")
+    with open(os.path.join(os.fsencode(repo), b"latin1-\xe9.py"), "w", encoding="utf-8") as fh:  # a name not UTF-8
+        fh.write(SIGMOID_BUG)
     if os.geteuid() != 0:
         os.chmod(repo / "locked", 0)
     yield repo, outside
@@ -95,7 +97,8 @@ def run(repo: Path, *argv):
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", RUNNER, "check", "--output-format", "json", *argv, "."], cwd=repo,
                           capture_output=True, text=True, timeout=120, preexec_fn=limit_memory,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+                               "PYTHONIOENCODING": "utf-8"})  # strict: an odd name must not make it raise
     return proc, time.monotonic() - start
 
 
@@ -110,6 +113,7 @@ EXPECTED = {
     "nested.ipynb": ("STB901", "nested too deeply"),
     "ok.py": ("STB001", "log of softmax"),
     "sub/y.py": ("STB002", "sigmoid"),
+    "latin1-\udce9.py": ("STB002", "sigmoid"),
 }
 
 
@@ -127,6 +131,14 @@ def test_long_operator_chains_take_linear_time(tmp_path):
 
 def findings(repo: Path, stdout: str) -> dict[str, tuple[str, str]]:
     return {Path(d["filename"]).relative_to(repo).as_posix(): (d["code"], d["message"]) for d in json.loads(stdout)}
+
+
+@pytest.mark.parametrize("fmt", ["text", "full", "github", "sarif"])
+def test_every_format_prints_odd_names_escaped(tree, fmt):
+    repo, _ = tree
+    proc, _ = run(repo, "--output-format", fmt)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert ("%E9.py" if fmt == "sarif" else "latin1-\\udce9.py") in proc.stdout
 
 
 def test_hostile_tree_is_reported_file_by_file_in_bounded_time(tree):

@@ -21,8 +21,9 @@ from stabcheck.filebytes import read_bytes
 STDIN: dict[str, bytes] = {}
 
 # Control and bidirectional-formatting characters: a file name carrying them
-# must not move the cursor, recolour or reorder the terminal's text.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# must not move the cursor, recolour or reorder the terminal's text. Lone
+# surrogates: the bytes of a file name that is not UTF-8.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(text: str) -> str:

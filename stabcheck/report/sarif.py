@@ -44,7 +44,7 @@ def _artifact(path: str) -> dict:
     rel = repo_relative(path)
     if rel is None:
         return {"uri": Path(os.path.abspath(path)).as_uri()}
-    return {"uri": quote(rel), "uriBaseId": "%SRCROOT%"}
+    return {"uri": quote(rel, errors="surrogateescape"), "uriBaseId": "%SRCROOT%"}  # a name's raw bytes, %-encoded
 
 
 def to_sarif(diags: list[Diagnostic]) -> dict:
