@@ -12,6 +12,12 @@ One JSON file per stabcheck build, rewritten through a temporary file and
 Two runs at once may each drop the other's new entries (the next run adds
 them back) but never corrupt or mix them up. The directory carries a
 `CACHEDIR.TAG` and a `.gitignore` of `*`, as ruff's does.
+
+The cache directory comes with the checked tree, so it is treated as
+hostile: stabcheck writes to and cleans only a real directory (not a link)
+that it created and tagged, deletes only files named as it names them,
+reads every file through `filebytes.read_bytes`, and treats an entry of the
+wrong shape as a miss.
 """
 
 from __future__ import annotations
@@ -20,18 +26,22 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 import time
 from pathlib import Path
 
 from stabcheck import __version__
 from stabcheck.diagnostics import Diagnostic
+from stabcheck.filebytes import read_bytes
 
 DIRNAME = ".stabcheck_cache"
 _TAG = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by stabcheck.\n"
 _MAX_AGE = 30 * 24 * 3600  # entries (and other builds' files) unused for this long are dropped
 _UNCACHED = frozenset({"STB900", "STB902"})  # internal and read errors: may not repeat
 _FIELDS = [f.name for f in dataclasses.fields(Diagnostic) if f.name != "path"]
+_OURS = re.compile(r"(results-[0-9a-f]{20}\.json|\.results-\w+\.tmp)\Z")  # the only names we delete
 
 
 def _stable(value):
@@ -74,20 +84,30 @@ class Cache:
         self._entries: dict[str, dict] = {}
         self._digests: dict[str, str | None] = {}
         self._dirty = False
+        if not self._ours():
+            return
         try:
-            data = json.loads(self.file.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                self._entries = data
-        except (OSError, ValueError):
-            pass
+            data = json.loads(read_bytes(self.file))
+        except (OSError, ValueError, RecursionError):
+            return
+        if isinstance(data, dict):
+            self._entries = data
+
+    def _ours(self) -> bool:
+        """The directory is a real one (not a link) carrying the tag stabcheck writes."""
+        try:
+            if not stat.S_ISDIR(os.lstat(self.directory).st_mode):
+                return False
+            return read_bytes(self.directory / "CACHEDIR.TAG", 4096).decode("utf-8", "replace") == _TAG
+        except OSError:
+            return False
 
     # -- keys ---------------------------------------------------------------
 
     @staticmethod
     def _hash_file(path: str) -> str | None:
         try:
-            with open(path, "rb") as fh:
-                return hashlib.blake2b(fh.read(), digest_size=20).hexdigest()
+            return hashlib.blake2b(read_bytes(path), digest_size=20).hexdigest()
         except OSError:
             return None
 
@@ -120,9 +140,9 @@ class Cache:
 
     def _get(self, key: str | None):
         entry = self._entries.get(key) if key is not None else None
-        if not isinstance(entry, dict) or "v" not in entry:
+        if not _is_entry(entry):
             return None
-        if time.time() - entry.get("t", 0) > 24 * 3600:  # refresh the timestamp at most daily
+        if time.time() - entry["t"] > 24 * 3600:  # refresh the timestamp at most daily
             entry["t"] = int(time.time())
             self._dirty = True
         return entry
@@ -139,7 +159,12 @@ class Cache:
         def cached_map(fn, paths):
             paths = list(paths)
             keys = [self._summary_key(p) for p in paths]
-            todo = [p for p, k in zip(paths, keys) if self._get(k) is None]
+            known = {}
+            for path, key in zip(paths, keys):
+                entry = self._get(key)
+                if entry is not None and _is_summary(entry["v"]):
+                    known[path] = _summary_from_json(entry["v"])
+            todo = [p for p in paths if p not in known]
             computed = dict(zip(todo, map_fn(fn, todo)))
             for path, key in zip(paths, keys):
                 if path in computed:
@@ -148,7 +173,7 @@ class Cache:
                         self._put(key, value)
                     yield value
                 else:
-                    yield _summary_from_json(self._get(key)["v"])
+                    yield known[path]
 
         return cached_map
 
@@ -159,10 +184,11 @@ class Cache:
         for job in jobs:
             digest = self._digest(job.path)
             entry = self._get(self.key(job, digest)) if digest is not None else None
-            try:
-                hits.extend(Diagnostic(path=job.path, **dict(zip(_FIELDS, item))) for item in entry["v"])
-            except (TypeError, KeyError):
+            found = _diagnostics_from_json(job.path, entry["v"]) if entry is not None else None
+            if found is None:
                 misses.append(job)
+            else:
+                hits.extend(found)
         return hits, misses
 
     def store(self, jobs: list, diags: list[Diagnostic]) -> None:
@@ -182,7 +208,7 @@ class Cache:
         if not self._dirty:
             return
         now = time.time()
-        entries = {k: v for k, v in self._entries.items() if isinstance(v, dict) and now - v.get("t", 0) <= _MAX_AGE}
+        entries = {k: v for k, v in self._entries.items() if _is_entry(v) and now - v["t"] <= _MAX_AGE}
         try:
             self._prepare()
             fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".tmp", dir=self.directory)
@@ -200,17 +226,61 @@ class Cache:
             pass  # a read-only checkout: run without a cache
 
     def _prepare(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Create and tag the directory, or check that it is ours (OSError if not)."""
+        try:
+            self.directory.mkdir()
+        except FileExistsError:
+            if not self._ours():
+                raise OSError(f"{self.directory} was not created by stabcheck: not using it") from None
+            return
         for name, text in (("CACHEDIR.TAG", _TAG), (".gitignore", "# Created by stabcheck.\n*\n")):
-            path = self.directory / name
-            if not path.exists():
-                path.write_text(text, encoding="utf-8")
+            (self.directory / name).write_text(text, encoding="utf-8")
 
     def _drop_stale(self, now: float) -> None:
-        for path in self.directory.glob("*results-*"):
+        for entry in os.scandir(self.directory):
             with _quiet():
-                if path != self.file and now - path.stat().st_mtime > (_MAX_AGE if path.suffix == ".json" else 3600):
-                    path.unlink()
+                if not _OURS.match(entry.name) or entry.path == str(self.file):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and now - info.st_mtime > (_MAX_AGE if entry.name.endswith(".json") else 3600):
+                    os.unlink(entry.path)
+
+
+def _is_entry(entry) -> bool:
+    return isinstance(entry, dict) and "v" in entry and type(entry.get("t")) in (int, float)
+
+
+def _is_summary(value) -> bool:
+    """Of the shape `project.summarize` returns: None or [module, {name: [kind, source]}]."""
+    if value is None:
+        return True
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], dict)):
+        return False
+    return all(isinstance(e, list) and len(e) == 2 and all(isinstance(s, str) for s in e) for e in value[1].values())
+
+
+def _diagnostics_from_json(path: str, items) -> list[Diagnostic] | None:
+    """A results entry read back, or None when it is not of the shape `store` writes."""
+    if not isinstance(items, list):
+        return None
+    out = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == len(_FIELDS)):
+            return None
+        fields = dict(zip(_FIELDS, item))
+        if not (isinstance(fields["code"], str) and isinstance(fields["message"], str)
+                and all(type(fields[k]) is int for k in ("row", "col", "end_row", "end_col"))
+                and (fields["cell"] is None or type(fields["cell"]) is int)):
+            return None
+        try:
+            d = Diagnostic(path=path, **fields)
+            if d.fix is not None and not all(type(e.start) is type(e.end) is int and isinstance(e.content, str)
+                                             for e in d.fix.edits):
+                return None
+        except (TypeError, ValueError):
+            return None
+        out.append(d)
+    return out
 
 
 def _summary_from_json(value):

@@ -18,6 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from stabcheck.checks import RULES
+from stabcheck.filebytes import read_bytes
 
 DEFAULT_EXCLUDE = (
     ".bzr", ".direnv", ".eggs", ".git", ".git-rewrite", ".hg", ".ipynb_checkpoints", ".mypy_cache",
@@ -72,6 +73,11 @@ def valid_selector(sel: str) -> bool:
     return sel in TIER_SELECTORS or any(code.startswith(sel) for code in RULES) and sel.startswith("STB")
 
 
+def normalize(sel: str) -> str:
+    """Codes are case-insensitive everywhere (options, pyproject, `# noqa`, `explain`): `stb001` is STB001."""
+    return sel.strip().upper()
+
+
 def resolve(select: list[str], ignore: list[str], opt_in: bool = False) -> frozenset[str]:
     """Enabled codes. The most specific matching selector wins; on a tie,
     ignore wins (`select = ["STB"]`, `ignore = ["STB1"]`, `select = ["STB102"]`
@@ -97,43 +103,57 @@ def resolve(select: list[str], ignore: list[str], opt_in: bool = False) -> froze
 
 
 def parse_selectors(text: str, what: str) -> list[str]:
-    items = [s.strip().upper() for s in text.split(",") if s.strip()]
+    items = [normalize(s) for s in text.split(",") if s.strip()]
     for s in items:
         if not valid_selector(s):
             raise ConfigError(f"{what}: unknown rule selector {s!r} (see `stabcheck rules`)")
     return items
 
 
-def find_pyproject(start: Path) -> Path | None:
-    """The nearest pyproject.toml with a [tool.stabcheck] table, upward from `start`."""
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            try:
-                text = candidate.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            if "[tool.stabcheck" in text:
-                return candidate
-    return None
+def read_table(path: Path) -> dict | None:
+    """The [tool.stabcheck] table of a pyproject.toml, however TOML spells it
+    (`[tool]` + `stabcheck.select`, `tool.stabcheck.select = ...`,
+    `[tool."stabcheck"]`), or None. A file that cannot be read or is not
+    valid TOML is a ConfigError, as in ruff."""
+    try:
+        data = read_bytes(path, 16 * 2**20)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          "TOML files are UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+    tool = doc.get("tool")
+    if tool is not None and not isinstance(tool, dict):
+        raise ConfigError(f"{path}: `tool` must be a table, got {_short(tool)}")
+    table = (tool or {}).get("stabcheck")
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.stabcheck] must be a table, got {_short(table)}")
+    return table
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load(path: Path | None, start: Path) -> Settings:
-    """Settings from `path`, or from the nearest pyproject.toml above `start`."""
-    if path is None:
-        path = find_pyproject(start)
-        if path is None:
-            return Settings(root=start)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    table = data.get("tool", {}).get("stabcheck", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [tool.stabcheck] must be a table")
-    return from_table(table, path)
+    """Settings from `path`, or from the nearest pyproject.toml above `start`
+    with a [tool.stabcheck] table."""
+    if path is not None:
+        return from_table(read_table(path) or {}, path)
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if os.path.lexists(candidate):  # False, not an error, for a directory we may not look into
+            table = read_table(candidate)
+            if table is not None:
+                return from_table(table, candidate)
+    return Settings(root=start)
 
 
 def from_table(table: dict, path: Path) -> Settings:
@@ -145,9 +165,12 @@ def from_table(table: dict, path: Path) -> Settings:
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise ConfigError(f"{where} {key} must be a list of strings, got {value!r}")
             if key in _CODE_KEYS:
+                value = [normalize(sel) for sel in value]
                 for sel in value:
                     if not valid_selector(sel):
                         raise ConfigError(f"{where} {key}: unknown rule selector {sel!r} (see `stabcheck rules`)")
+            else:
+                _check_patterns(value, f"{where} {key}")
             setattr(settings, key.replace("-", "_"), list(value))
         elif key in _PER_FILE_KEYS:
             if not isinstance(value, dict):
@@ -155,10 +178,11 @@ def from_table(table: dict, path: Path) -> Settings:
             for pattern, codes in value.items():
                 if not (isinstance(codes, list) and all(isinstance(c, str) for c in codes)):
                     raise ConfigError(f"{where} {key}.{pattern!r} must be a list of codes, got {codes!r}")
-                for sel in codes:
+                for sel in map(normalize, codes):
                     if not valid_selector(sel):
                         raise ConfigError(f"{where} {key}.{pattern!r}: unknown rule selector {sel!r}")
-            table = {k: list(v) for k, v in value.items()}
+            _check_patterns(list(value), f"{where} {key}")
+            table = {k: [normalize(c) for c in v] for k, v in value.items()}
             if key == "per-file-ignores":  # replaces the defaults (the test-file policy)
                 extended = {k: v for k, v in settings.per_file_ignores.items() if k in extra_per_file}
                 settings.per_file_ignores = {**table, **extended}
@@ -175,10 +199,19 @@ def from_table(table: dict, path: Path) -> Settings:
     return settings
 
 
+def _check_patterns(patterns: list[str], where: str) -> None:
+    from stabcheck.files import bad_pattern  # files.py reads Settings
+
+    for pattern in patterns:
+        problem = bad_pattern(pattern)
+        if problem is not None:
+            raise ConfigError(f"{where}: invalid pattern {pattern!r}: {problem}")
+
+
 def common_start(paths: list[str]) -> Path:
     """Where to look for configuration: the deepest directory holding every path."""
     if not paths:
         return Path.cwd()
     resolved = [os.path.abspath(p) for p in paths]
     common = Path(os.path.commonpath(resolved))
-    return common if common.is_dir() else common.parent
+    return common if os.path.isdir(common) else common.parent

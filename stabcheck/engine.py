@@ -23,6 +23,7 @@ from functools import partial
 from stabcheck.checks import CHECKS, INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR, UNUSED_NOQA
 from stabcheck import project
 from stabcheck.diagnostics import Diagnostic
+from stabcheck.filebytes import read_bytes
 from stabcheck.fixes import FixContext
 from stabcheck.source import SourceMap
 from stabcheck.flow import EVENTS, Walker
@@ -98,8 +99,9 @@ def check_source(
         walker = Walker(listeners, resolver, package, facts)
         ctx.scope = walker.scope
         walker.run(tree)
-    except RecursionError:
-        return _meta(INTERNAL_ERROR.code, "expression nesting too deep to analyse; file skipped", path, codes)
+    except RecursionError:  # CPython itself cannot compile nesting this deep (its compiler's limit is lower)
+        return _meta(SYNTAX_ERROR.code, "nested too deeply to analyse (past Python's recursion limit); file skipped",
+                     path, codes)
     except Exception as exc:  # a bug in stabcheck: report it on the file, keep going
         return _meta(INTERNAL_ERROR.code, f"internal error: {type(exc).__name__}: {exc}", path, codes)
     if not raw and UNUSED_NOQA.code not in codes:
@@ -120,10 +122,14 @@ def check_source(
 
 def check_file(job: FileJob) -> list[Diagnostic]:
     try:
-        with open(job.path, "rb") as fh:
-            data = fh.read()
+        data = read_bytes(job.path)
     except OSError as exc:
         return _meta(IO_ERROR.code, f"cannot read file: {exc.strerror or exc}", job.path, job.codes)
+    return check_data(job, data)
+
+
+def check_data(job: FileJob, data: bytes) -> list[Diagnostic]:
+    """Check a file's bytes (`check -` has no file to read)."""
     if job.path.endswith(".ipynb"):
         from stabcheck.notebook import check_notebook
 

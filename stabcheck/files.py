@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import pathspec
 
 from stabcheck.config import Settings
+from stabcheck.filebytes import read_bytes
 
 SOURCE_SUFFIXES = (".py", ".ipynb")
+
+
+def bad_pattern(pattern: str) -> str | None:
+    """Why a gitignore-style pattern is invalid (`\\`), or None."""
+    try:
+        pathspec.GitIgnoreSpec.from_lines([pattern])
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class _Matcher:
@@ -41,15 +52,12 @@ class _GitIgnores:
 
     def _spec(self, directory: str) -> _Matcher | None:
         if directory not in self._specs:
-            path = os.path.join(directory, ".gitignore")
-            matcher = None
             try:
-                with open(path, encoding="utf-8", errors="replace") as fh:
-                    lines = fh.read().splitlines()
-                matcher = _Matcher(lines, Path(directory))
+                lines = read_bytes(os.path.join(directory, ".gitignore")).decode("utf-8", "replace").splitlines()
             except OSError:
-                pass
-            self._specs[directory] = matcher
+                lines = []
+            lines = [line for line in lines if bad_pattern(line) is None]  # as git, skip what is no pattern (`\\`)
+            self._specs[directory] = _Matcher(lines, Path(directory)) if lines else None
         return self._specs[directory]
 
     def ignored(self, abspath: str, is_dir: bool, top: str) -> bool:
@@ -77,13 +85,20 @@ def _repo_root(path: str) -> str | None:
         directory = parent
 
 
-def discover(paths: list[str], settings: Settings) -> tuple[list[str], list[str]]:
-    """Return (files to check, error messages for paths that do not exist)."""
+class Discovery(NamedTuple):
+    files: list[str]  # to check
+    missing: list[str]  # paths named on the command line that do not exist
+    unreadable: list[tuple[str, str]]  # (directory, why) for directories that could not be listed
+
+
+def discover(paths: list[str], settings: Settings) -> Discovery:
+    """The files to check under `paths`, and what could not be looked at."""
     patterns = settings.exclude + settings.extend_exclude
     base_excluded = excluded = _Matcher(patterns, settings.root)
     gitignores = _GitIgnores() if settings.respect_gitignore else None
     files: list[str] = []
-    errors: list[str] = []
+    missing: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     seen: set[str] = set()
 
     def add(display: str) -> None:
@@ -95,7 +110,7 @@ def discover(paths: list[str], settings: Settings) -> tuple[list[str], list[str]
     for given in paths:
         abspath = os.path.abspath(given)
         if not os.path.lexists(given):
-            errors.append(f"{given}: no such file or directory")
+            missing.append(given)
             continue
         if not os.path.isdir(given):
             # A file named explicitly is checked whatever its suffix, unless
@@ -113,7 +128,10 @@ def discover(paths: list[str], settings: Settings) -> tuple[list[str], list[str]
             # The user named an excluded directory (`stabcheck check fixtures/`):
             # check it, with the patterns read from inside it.
             excluded = _Matcher(patterns, Path(abspath))
-        for dirpath, dirnames, filenames in os.walk(given, followlinks=False):
+        def skipped(exc: OSError) -> None:  # a directory os.walk could not list: say so, never pass silently
+            unreadable.append((exc.filename or given, exc.strerror or str(exc)))
+
+        for dirpath, dirnames, filenames in os.walk(given, onerror=skipped, followlinks=False):
             absdir = os.path.abspath(dirpath)
             keep = []
             for d in sorted(dirnames):
@@ -133,7 +151,7 @@ def discover(paths: list[str], settings: Settings) -> tuple[list[str], list[str]
                 if gitignores is not None and gitignores.ignored(full, False, top):
                     continue
                 add(os.path.join(dirpath, name))
-    return files, errors
+    return Discovery(files, missing, unreadable)
 
 
 class PerFileIgnores:

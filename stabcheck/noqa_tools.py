@@ -51,7 +51,7 @@ def _with_noqa(line: str, codes: set[str], comment: tuple[int, str] | None) -> s
         for m in _LINE.finditer(text):
             if m.group("codes"):
                 have = _SPLIT.split(m.group("codes").strip())
-                merged = have + sorted(codes - set(have))
+                merged = have + sorted(codes - {h.upper() for h in have})
                 start, end = col0 + m.start("codes"), col0 + m.end("codes")
                 return line[:start] + ", ".join(merged) + line[end:]
     return line.rstrip() + f"  # noqa: {', '.join(sorted(codes))}"

@@ -127,6 +127,8 @@ def _load(data: bytes):
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise NotebookError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # a number of more than 4,300 digits
+        raise NotebookError(f"invalid JSON: {exc}") from None
     except RecursionError:
         raise NotebookError("invalid JSON: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list):
@@ -238,16 +240,10 @@ def source_line_numbers(text: str) -> dict[int, int]:
     holding its first source line. Only cells stored one source line per JSON
     line (as Jupyter writes them) are mapped; row r of such a cell is on line
     `first + r - 1`."""
-    try:
-        doc = json.loads(text)
-        cells = doc["cells"]
-    except (ValueError, TypeError, KeyError, RecursionError):
-        return {}
-    lines = text.split("\n")
+    lines, sources = _cell_sources(text)
     out: dict[int, int] = {}
     j = 0
-    for index, cell in enumerate(cells if isinstance(cells, list) else [], start=1):
-        source = cell.get("source") if isinstance(cell, dict) else None
+    for index, source in sources:
         if not isinstance(source, list) or not source or not all(isinstance(s, str) for s in source):
             continue
         if any(_LINES.search(s[:-1] if s.endswith("\n") else s) for s in source) or not all(
@@ -262,6 +258,43 @@ def source_line_numbers(text: str) -> dict[int, int]:
                 break
             k += 1
     return out
+
+
+def string_source_lines(text: str) -> dict[int, int]:
+    """For each code cell whose source is stored as one JSON string: the
+    physical line of the .ipynb text holding it (every row of the cell is on
+    that line)."""
+    lines, sources = _cell_sources(text)
+    out: dict[int, int] = {}
+    k = 0
+    for index, source in sources:
+        if not isinstance(source, str):
+            continue
+        for j in range(k, len(lines)):
+            key, _, value = lines[j].strip().partition(":")
+            if key == '"source"' and _loads(value.strip().rstrip(",")) == source:
+                out[index], k = j + 1, j + 1
+                break
+    return out
+
+
+def _cell_sources(text: str) -> tuple[list[str], list[tuple[int, object]]]:
+    """The lines of a notebook's text and each cell's (1-based index, `source`
+    value); nothing when the text is not a notebook."""
+    try:
+        cells = json.loads(text)["cells"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return [], []
+    if not isinstance(cells, list):
+        return [], []
+    return text.split("\n"), [(i, cell.get("source")) for i, cell in enumerate(cells, start=1) if isinstance(cell, dict)]
+
+
+def _loads(literal: str):
+    try:
+        return json.loads(literal)
+    except ValueError:
+        return None
 
 
 def _elements_match(lines: list[str], start: int, source: list[str]) -> bool:

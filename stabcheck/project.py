@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 
+from stabcheck.filebytes import read_bytes
 from stabcheck.values import Layer, Prob
 
 # Only modules whose text mentions one of these can make a probability.
@@ -85,8 +86,7 @@ def summarize(path: str) -> tuple[str, dict[str, Export]] | None:
     if not path.endswith(".py"):
         return None
     try:
-        with open(path, "rb") as fh:
-            source = decode(fh.read())
+        source = decode(read_bytes(path))
         if not is_candidate(source):
             return None
         tree = ast.parse(source, filename=path)
@@ -107,8 +107,7 @@ def candidates(paths: list[str]) -> list[str]:
         if not path.endswith(".py"):
             continue
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = read_bytes(path)
         except OSError:
             continue
         if _CANDIDATE.search(data.decode("utf-8", "replace")):

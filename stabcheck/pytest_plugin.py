@@ -29,8 +29,12 @@ def pytest_configure(config) -> None:
 
 
 def _report_text(report) -> str:
+    from dataclasses import replace
+
     from stabcheck.runtime.report import render
 
+    # The trap's hints name `stabcheck run`'s flag; here the flag is ours.
+    report = replace(report, hint=report.hint.replace("--per-op", "--stabcheck-trap-per-op"))
     out = io.StringIO()
     render(report, out)
     return out.getvalue()

@@ -1,11 +1,12 @@
 """`# noqa` comments: per line (`# noqa`, `# noqa: STB001, STB002`) and per
-file (`# stabcheck: noqa`, `# stabcheck: noqa: STB002`), as ruff spells them."""
+file (`# stabcheck: noqa`, `# stabcheck: noqa: STB002`), as ruff spells them.
+Codes are case-insensitive, as on the command line (`# noqa: stb001`)."""
 
 from __future__ import annotations
 
 import re
 
-_CODES = r"[A-Z]+[0-9]+(?:[,\s]+[A-Z]+[0-9]+)*"
+_CODES = r"[A-Za-z]+[0-9]+(?:[,\s]+[A-Za-z]+[0-9]+)*"
 _LINE = re.compile(rf"#\s*(?i:noqa)(?::\s?(?P<codes>{_CODES}))?")
 _FILE = re.compile(rf"^[ \t]*#\s*stabcheck:\s*(?i:noqa)(?::\s?(?P<codes>{_CODES}))?[ \t]*$", re.M)
 _SPLIT = re.compile(r"[,\s]+")
@@ -13,7 +14,7 @@ _ALL = frozenset({"*"})
 
 
 def _codes(text: str | None) -> frozenset[str]:
-    return frozenset(_SPLIT.split(text.strip())) if text else _ALL
+    return frozenset(_SPLIT.split(text.strip().upper())) if text else _ALL
 
 
 class Suppressions:
@@ -75,7 +76,7 @@ def unused_noqa(source: str, fired: set[tuple[str, int]], codes: frozenset[str],
         for m in _LINE.finditer(comment):
             if not m.group("codes"):
                 continue
-            listed = [c for c in _SPLIT.split(m.group("codes").strip()) if c.startswith("STB") and c != UNUSED_NOQA.code]
+            listed = [c for c in _SPLIT.split(m.group("codes").strip().upper()) if c.startswith("STB") and c != UNUSED_NOQA.code]
             unused = [c for c in listed if c in RULES and c in codes and (c, row) not in fired]
             unknown = [c for c in listed if c not in RULES]
             if not (unused or unknown) or suppressions.suppressed(UNUSED_NOQA.code, row):

@@ -30,6 +30,13 @@ def base_env() -> dict:
     return env
 
 
+def trap_silent(stderr: str) -> bool:
+    """Nothing on stderr came from stabcheck: no message of its own and no
+    frame of its code. (Not the bare word: the checkout's own folder may be
+    named `stabcheck`, and so appear in every path.)"""
+    return "stabcheck:" not in stderr and "stabcheck run:" not in stderr and str(ROOT / "stabcheck") not in stderr
+
+
 def line_of(path: Path, needle: str) -> int:
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if needle in line:

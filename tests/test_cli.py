@@ -147,10 +147,16 @@ def test_explicit_config_file(tmp_path, capsys):
 
 def test_missing_path_is_an_error_but_the_rest_is_checked(tmp_path, capsys):
     bad = write(tmp_path / "bad.py", BUG)
-    code, out, err = run(capsys, str(tmp_path / "nope.py"), str(bad))
+    nope = tmp_path / "nope.py"
+    code, out, err = run(capsys, str(nope), str(bad))
     assert code == 2
-    assert "nope.py: no such file or directory" in err
-    assert "STB001" in out
+    assert f"{nope}:1:1: STB902 no such file or directory" in out and "STB001" in out
+    # Alone, and in JSON, it is still a finding, never "All checks passed!" or `[]`.
+    code, out, _ = run(capsys, str(nope))
+    assert code == 2 and "All checks passed!" not in out and "Found 1 problem in 1 file." in out
+    code, out, _ = run(capsys, "--output-format", "json", "--ignore", "STB902", str(nope))
+    assert code == 2
+    assert [(d["code"], d["filename"]) for d in json.loads(out)] == [("STB902", str(nope))]
 
 
 def test_bad_files_are_per_file_diagnostics(tmp_path, capsys):

@@ -13,7 +13,9 @@ from stabcheck.cli import main
 from stabcheck.engine import FileJob, check_file
 from stabcheck.notebook import parse as parse_notebook
 from stabcheck.notebook import source_line_numbers
-from stabcheck.report.locations import display_path
+from stabcheck.report.github import annotation
+from stabcheck.report.locations import Physical, display_path
+from stabcheck.report.sarif import to_sarif
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "fixtures" / "notebooks" / "classifier.ipynb"
@@ -118,13 +120,20 @@ def test_other_kernels_and_empty_notebooks_are_clean(tmp_path, capsys):
     assert run(capsys, str(r), str(empty))[0] == 0
 
 
-def test_single_string_sources_are_checked_but_not_mapped_to_json_lines(tmp_path):
+def test_single_string_sources_are_checked_and_annotated_on_their_json_line(tmp_path):
     cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
             "source": "import torch\ny = torch.log(torch.softmax(torch.randn(3), -1))"}
-    path = write(tmp_path / "s.ipynb", notebook(cell))
+    path = write(tmp_path / "s.ipynb", notebook("x = 1\n", cell))
     (d,) = check_file(FileJob(str(path), ALL))
-    assert (d.cell, d.row, d.code) == (1, 2, "STB001")
-    assert source_line_numbers(path.read_text()) == {}
+    assert (d.cell, d.row, d.code) == (2, 2, "STB001")
+    assert 2 not in source_line_numbers(path.read_text())  # not one source line per JSON line (no --add-noqa)
+    # GitHub and SARIF: the line holding the string, no columns, the cell's own position in the message.
+    line = annotation(d, Physical())
+    props = dict(kv.split("=", 1) for kv in line.split(" ", 1)[1].split("::")[0].split(","))
+    assert '"source": "import torch' in path.read_text().split("\n")[int(props["line"]) - 1]
+    assert "col" not in props and line.split("::", 2)[2].startswith("cell 2:2:5: ")
+    region = to_sarif([d])["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]
+    assert region == {"startLine": int(props["line"]), "endLine": int(props["line"])}
 
 
 def test_source_line_numbers_point_at_the_json_lines():

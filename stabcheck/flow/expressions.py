@@ -29,8 +29,8 @@ class ExpressionWalker:
         if t is ast.Attribute:
             return self._attribute(node)
         if t is ast.Constant:
-            v = node.value
-            return Const(float(v)) if type(v) in (int, float) else None
+            v = const_value(node)  # None past float range (`10**400` written out)
+            return None if v is None else Const(v)
         if t is ast.BinOp:
             return self._binop(node, node.left, node.op, node.right)
         if t is ast.Subscript:

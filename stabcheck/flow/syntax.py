@@ -28,33 +28,70 @@ def strip(node: ast.AST) -> ast.AST:
     return node
 
 
+_FOLDED = "_stabcheck_const"  # const_value's result, kept on the node it folded
+_FOLD_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
+
+
 def const_value(node: ast.AST | None) -> float | None:
-    """Fold a numeric constant expression (`1 - 1e-7`, `-1`, `1e-3 * 2`)."""
+    """Fold a numeric constant expression (`1 - 1e-7`, `-1`, `1e-3 * 2`).
+
+    Iterative, and each node's value is kept on the node: the walker asks at
+    every level of `a + b + ... + z`, which re-walked the chain (quadratic)
+    and recursed as deep as it was long."""
     if node is None:
         return None
+    stack = [node]
+    while stack:
+        top = stack[-1]
+        if hasattr(top, _FOLDED):
+            stack.pop()
+            continue
+        if isinstance(top, ast.UnaryOp) and isinstance(top.op, (ast.USub, ast.UAdd)):
+            parts = [top.operand]
+        elif isinstance(top, ast.BinOp) and isinstance(top.op, _FOLD_OPS):
+            parts = [top.left, top.right]
+        else:
+            parts = []
+        todo = [p for p in parts if not hasattr(p, _FOLDED)]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        setattr(top, _FOLDED, _fold(top))
+    return getattr(node, _FOLDED)
+
+
+def _fold(node: ast.AST) -> float | None:
+    """One node's value, its operands already folded."""
     if isinstance(node, ast.Constant):
         v = node.value
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        v = const_value(node.operand)
-        return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
-        a, b = const_value(node.left), const_value(node.right)
-        if a is None or b is None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
             return None
         try:
-            if isinstance(node.op, ast.Add):
-                return a + b
-            if isinstance(node.op, ast.Sub):
-                return a - b
-            if isinstance(node.op, ast.Mult):
-                return a * b
-            if isinstance(node.op, ast.Div):
-                return a / b
-            return a**b
-        except (ZeroDivisionError, OverflowError, ValueError):
+            return float(v)
+        except OverflowError:  # an integer literal past float range
             return None
-    return None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = getattr(node.operand, _FOLDED)
+        return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, _FOLD_OPS)):
+        return None
+    a, b = getattr(node.left, _FOLDED), getattr(node.right, _FOLDED)
+    if a is None or b is None:
+        return None
+    try:
+        if isinstance(node.op, ast.Add):
+            return a + b
+        if isinstance(node.op, ast.Sub):
+            return a - b
+        if isinstance(node.op, ast.Mult):
+            return a * b
+        if isinstance(node.op, ast.Div):
+            return a / b
+        v = a**b
+    except (ZeroDivisionError, OverflowError, ValueError):
+        return None
+    return None if isinstance(v, complex) else v  # (-8) ** (1 / 3)
 
 
 def base_key(node: ast.AST) -> str | None:

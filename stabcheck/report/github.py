@@ -17,7 +17,7 @@ import os
 from typing import TextIO
 
 from stabcheck.diagnostics import Diagnostic
-from stabcheck.report.locations import Physical, display_path, repo_relative
+from stabcheck.report.locations import Physical, display_path, printable, repo_relative
 from stabcheck.report.text import summary
 
 
@@ -34,14 +34,15 @@ def annotation(d: Diagnostic, physical: Physical) -> str:
     message = d.message
     if d.cell is not None:
         message = f"cell {d.cell}:{d.row}:{d.col}: {message}"
-    props = {"file": repo_relative(d.path) or display_path(d.path)}
+    props = {"file": printable(repo_relative(d.path) or display_path(d.path))}
     if span is not None:
         row, col, end_row, end_col = span
+        one_line = row == end_row and col is not None
         props["line"] = str(row)
-        if row == end_row:
+        if one_line:
             props["col"] = str(col)
         props["endLine"] = str(end_row)
-        if row == end_row:
+        if one_line:
             props["endColumn"] = str(end_col)
     props["title"] = d.code
     fields = ",".join(f"{k}={escape_property(v)}" for k, v in props.items())
@@ -63,7 +64,7 @@ def write_step_summary(diags: list[Diagnostic], path: str) -> None:
     if diags:
         lines += ["| location | rule | message |", "|---|---|---|"]
         for d in diags[:_SUMMARY_ROWS]:
-            where = f"{repo_relative(d.path) or display_path(d.path)}:{'' if d.cell is None else f'cell {d.cell}:'}{d.row}:{d.col}"
+            where = f"{printable(repo_relative(d.path) or display_path(d.path))}:{'' if d.cell is None else f'cell {d.cell}:'}{d.row}:{d.col}"
             lines.append(f"| `{_cell(where)}` | {d.code} | {_cell(d.message)} |")
         if len(diags) > _SUMMARY_ROWS:
             lines.append(f"\n... and {len(diags) - _SUMMARY_ROWS} more (see the step's log)")

@@ -11,16 +11,17 @@ import os
 from typing import TextIO
 
 from stabcheck.diagnostics import Diagnostic
+from stabcheck.report.locations import CheckedCode
 
 
-def to_dict(d: Diagnostic) -> dict:
+def to_dict(d: Diagnostic, code: CheckedCode | None = None) -> dict:
     out = {
         "code": d.code,
         "message": d.message,
         "filename": os.path.abspath(d.path),
         "location": {"row": d.row, "column": d.col},
         "end_location": {"row": d.end_row, "column": d.end_col},
-        "fix": _fix(d),
+        "fix": _fix(d, code or CheckedCode()),
         "url": None,
         "noqa_row": d.row,
     }
@@ -29,25 +30,13 @@ def to_dict(d: Diagnostic) -> dict:
     return out
 
 
-def _fix(d: Diagnostic) -> dict | None:
+def _fix(d: Diagnostic, code: CheckedCode) -> dict | None:
     """ruff's shape: applicability, message, and edits with 1-based positions."""
-    if d.fix is None:
+    checked = code.get(d.path) if d.fix is not None else None
+    if checked is None:
         return None
-    from stabcheck.source import SourceMap
-
-    locate = None
-    try:
-        if d.cell is not None:  # offsets are in the notebook's joined code cells
-            from stabcheck import notebook
-
-            with open(d.path, "rb") as fh:
-                nb = notebook.parse(fh.read())
-            smap, locate = SourceMap(nb.source), nb.locate
-        else:
-            with open(d.path, encoding="utf-8") as fh:
-                smap = SourceMap(fh.read())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
+    smap, nb = checked
+    locate = nb.locate if nb is not None else None  # offsets are in the notebook's joined code cells
     edits = []
     for e in d.fix.edits:
         (row, col), (end_row, end_col) = smap.position(e.start), smap.position(e.end)
@@ -60,6 +49,14 @@ def _fix(d: Diagnostic) -> dict | None:
     return {"applicability": d.fix.applicability, "message": d.fix.title, "edits": edits}
 
 
+def write_statistics_json(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:
+    from stabcheck.report.text import statistics
+
+    json.dump(statistics(diags), out, indent=2)
+    out.write("\n")
+
+
 def write_json(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:
-    json.dump([to_dict(d) for d in diags], out, indent=2)
+    code = CheckedCode()
+    json.dump([to_dict(d, code) for d in diags], out, indent=2)
     out.write("\n")

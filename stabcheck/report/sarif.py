@@ -44,7 +44,7 @@ def _artifact(path: str) -> dict:
     rel = repo_relative(path)
     if rel is None:
         return {"uri": Path(os.path.abspath(path)).as_uri()}
-    return {"uri": quote(rel), "uriBaseId": "%SRCROOT%"}
+    return {"uri": quote(rel, errors="surrogateescape"), "uriBaseId": "%SRCROOT%"}  # a name's raw bytes, %-encoded
 
 
 def to_sarif(diags: list[Diagnostic]) -> dict:
@@ -58,10 +58,10 @@ def to_sarif(diags: list[Diagnostic]) -> dict:
     for d in diags:
         span = physical.span(d)
         message = d.message
-        if span is None:  # a notebook whose sources are not one line per JSON line
-            span = (1, 1, 1, 1)
+        if span is None or span[1] is None:  # a notebook cell not stored one source line per JSON line
             message = f"cell {d.cell}, line {d.row}: {message}"
-        row, col, end_row, end_col = span
+        row, col, end_row, end_col = span or (1, None, 1, None)
+        region = {"startLine": row, "startColumn": col, "endLine": end_row, "endColumn": end_col}
         result = {
             "ruleId": d.code,
             "level": "error",
@@ -69,7 +69,7 @@ def to_sarif(diags: list[Diagnostic]) -> dict:
             "locations": [{
                 "physicalLocation": {
                     "artifactLocation": _artifact(d.path),
-                    "region": {"startLine": row, "startColumn": col, "endLine": end_row, "endColumn": end_col},
+                    "region": {k: v for k, v in region.items() if v is not None},
                 }
             }],
         }

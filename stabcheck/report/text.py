@@ -7,9 +7,9 @@ from collections import Counter
 from typing import TextIO
 
 from stabcheck.diagnostics import Diagnostic
-from stabcheck.report.locations import display_path, where
+from stabcheck.report.locations import display_path, printable, where
 
-__all__ = ["summary", "write_statistics", "write_text"]
+__all__ = ["line_of", "statistics", "summary", "write_statistics", "write_text"]
 
 
 def summary(diags: list[Diagnostic]) -> str:
@@ -18,6 +18,11 @@ def summary(diags: list[Diagnostic]) -> str:
     n = len(diags)
     files = len({d.path for d in diags})
     return f"Found {n} problem{'s' * (n != 1)} in {files} file{'s' * (files != 1)}."
+
+
+def line_of(d: Diagnostic) -> str:
+    mark = "[*] " if d.fix is not None else ""
+    return f"{where(d)}: {d.code} {mark}{printable(d.message)}"
 
 
 def write_text(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:
@@ -30,20 +35,25 @@ def write_text(diags: list[Diagnostic], out: TextIO, color: bool = False) -> Non
             path = display_path(d.path)
             pos = where(d)[len(path):]
             mark = "[*] " if d.fix is not None else ""
-            console.print(f"[bold]{escape(path)}[/]{escape(pos)}: [bold red]{d.code}[/] {escape(mark)}{escape(d.message)}")
+            console.print(f"[bold]{escape(path)}[/]{escape(pos)}: [bold red]{d.code}[/] {escape(mark)}{escape(printable(d.message))}")
         console.print(summary(diags), style="bold" if diags else "green")
         return
     for d in diags:
-        mark = "[*] " if d.fix is not None else ""
-        out.write(f"{where(d)}: {d.code} {mark}{d.message}\n")
+        out.write(line_of(d) + "\n")
     out.write(summary(diags) + "\n")
 
 
-def write_statistics(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:
+def statistics(diags: list[Diagnostic]) -> list[dict]:
+    """One row per rule, most frequent first: code, name, count, fixable (how many have a fix)."""
     from stabcheck.checks import RULES
 
     counts = Counter(d.code for d in diags)
-    for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        rule = RULES.get(code)
-        out.write(f"{n:5d}\t{code}\t{rule.slug if rule else ''}\n")
+    fixable = Counter(d.code for d in diags if d.fix is not None)
+    return [{"code": code, "name": RULES[code].slug if code in RULES else "", "count": n, "fixable": fixable[code]}
+            for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def write_statistics(diags: list[Diagnostic], out: TextIO, color: bool = False) -> None:
+    for row in statistics(diags):
+        out.write(f"{row['count']:5d}\t{row['code']}\t{row['name']}\n")
     out.write(summary(diags) + "\n")
