@@ -174,8 +174,12 @@ class Extension:
         error = getattr(result, "error_in_exec", None)
         try:
             trap.__exit__(type(error) if error is not None else None, error, None)
-        except NonFiniteError:
-            pass  # the end-of-cell check stopped: its report is shown already
+        except NonFiniteError as exc:
+            # the end-of-cell check stopped (values checked only then: a GPU's, per-op flags): the cell
+            # fails after all, as if its last line had raised, so that "run all" stops here too
+            if result is not None and result.error_in_exec is None:
+                result.error_in_exec = exc
+                self.short_traceback(self.shell, type(exc), exc, None)
         except Exception as exc:
             print(f"stabcheck: {type(exc).__name__}: {exc}", file=sys.stderr)
 
@@ -195,8 +199,10 @@ class Extension:
         short = None
         for _, frame, lasti, lineno in reversed(frames):
             short = types.TracebackType(short, frame, lasti, lineno)
-        # tb_offset=0: IPython's default skips the first frame, its own (dropped here already)
-        shell.showtraceback((etype, value, short), tb_offset=0, exception_only=short is None)
+        if short is None:  # raised after the cell's code (end-of-cell check): the error line alone
+            shell._showtraceback(etype, value, shell.InteractiveTB.get_exception_only(etype, value))
+        else:  # tb_offset=0: IPython's default skips the first frame, its own (dropped here already)
+            shell.showtraceback((etype, value, short), tb_offset=0)
 
     # -- magics -----------------------------------------------------------------
     def magic(self, line: str, cell: str | None = None):

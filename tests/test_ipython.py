@@ -29,7 +29,8 @@ SETUP = "import torch\ntorch.manual_seed(0)"
 
 FORWARD = [
     LOAD,
-    SETUP + "\nmodel = torch.nn.Linear(4, 1)\nwith torch.no_grad():\n    model.weight.fill_(10.0)\n    model.bias.zero_()",
+    SETUP + "\nmodel = torch.nn.Linear(4, 1)\nwith torch.no_grad():\n"
+    "    model.weight.fill_(10.0)\n    model.bias.zero_()",
     "def bce(p, y):\n    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()",
     "x, y = torch.full((8, 4), 10.0), torch.ones(8, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
     "for step in range(3):\n    loss = bce(torch.sigmoid(model(x)), y)  # saturates: log(1 - 1.0)\n"
@@ -62,8 +63,8 @@ DATA = [
 
 HEALTHY = [
     NET,
-    "x, y = torch.randn(16, 4), torch.randn(16, 1)\n" + LOOP.replace("print('finished', step)",
-                                                                   "    print(f'{step} {loss.item():.6f}')"),
+    "x, y = torch.randn(16, 4), torch.randn(16, 1)\n"
+    + LOOP.replace("print('finished', step)", "    print(f'{step} {loss.item():.6f}')"),
     "model(x[:2]).detach()",
     "mask = torch.full((2, 2), float('-inf')).triu(1)  # an intentional -inf\ntorch.softmax(mask, -1)",
 ]
@@ -180,6 +181,8 @@ def test_modes_warn_off_and_the_cell_magic(run_notebook, tmp_path):
         "%%stabcheck warn\n1 + 1",                          # 8: the last expression is the cell's value
         "%stabcheck bogus",
         f"%stabcheck check --no-cache {static}",
+        "%stabcheck on stop per-op",
+        "z = torch.zeros(3)\nu = z / z.norm()  # never reaches a loss: checked as the cell ends\nprint('printed')",
     ])
     assert "report each NaN/Inf and go on" in text(cells[3])
     (warned,) = reports(cells[4])
@@ -192,6 +195,9 @@ def test_modes_warn_off_and_the_cell_magic(run_notebook, tmp_path):
     assert [o.data["text/plain"] for o in cells[8].outputs if o.output_type == "execute_result"] == ["2"]
     assert "UsageError: %stabcheck: unknown option 'bogus'" in text(cells[9])
     assert "fwd.ipynb:cell 3:2:18: STB002" in text(cells[10])
+    (late,) = reports(cells[12])
+    assert f"<code>cell {cells[12].execution_count}:2 in &lt;module&gt;</code>" in late["text/html"]
+    assert "printed" in text(cells[12]) and errors(cells[12])[0].ename == "NonFiniteError"  # the cell fails
 
 
 def test_report_html_draws_the_history_when_there_is_one():

@@ -56,7 +56,8 @@ def _stats_table(data: dict) -> str:
     body = []
     for name, stats in rows:
         if "value" in stats:
-            cells = f'<td style="{_CELL};text-align:left" colspan="{len(_STAT_COLUMNS)}">scalar {_e(stats["value"])}</td>'
+            span = len(_STAT_COLUMNS)
+            cells = f'<td style="{_CELL};text-align:left" colspan="{span}">scalar {_e(stats["value"])}</td>'
         else:
             cells = "".join(f'<td style="{_CELL}">{_e(_stat_value(stats, c))}</td>' for c in _STAT_COLUMNS)
         body.append(f'<tr><th style="{_KEY}">{_e(name)}</th>{cells}</tr>')
