@@ -144,9 +144,13 @@ class Extension:
         return dataclasses.replace(report, **changes)
 
     def show(self, report) -> None:
-        from IPython.display import display
+        view = ReportView(self.name_cells(report))
+        try:
+            from IPython.display import display
 
-        display(ReportView(self.name_cells(report)))
+            display(view)
+        except Exception:  # no display to show it on: the panel on stderr, never nothing
+            print(repr(view), file=sys.stderr)
 
     def trap(self, settings: Settings):
         import stabcheck
@@ -270,6 +274,8 @@ class Extension:
                 shell.events.unregister(event, callback)
             except ValueError:
                 pass
+        for kind in ("line", "cell"):
+            shell.magics_manager.magics[kind].pop("stabcheck", None)
         if self.own_handler:
             shell.set_custom_exc((), None)
         if self.active is not None:
