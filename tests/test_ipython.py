@@ -223,3 +223,24 @@ def test_import_stabcheck_stays_light():
             "heavy = {'IPython', 'torch', 'tensorflow'} & set(sys.modules)\nassert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=base_env())
     assert proc.returncode == 0, proc.stderr
+
+
+def test_trap_on_report_gets_each_report_before_a_stop_and_only_inside_the_block():
+    import torch
+
+    import stabcheck
+    from stabcheck.runtime import NonFiniteError, incident
+
+    got = []
+    bad = torch.full((2, 2), float("nan"))
+    with stabcheck.trap(action="warn", quiet=True, on_report=got.append):
+        model, criterion = torch.nn.Linear(2, 1), torch.nn.MSELoss()
+        criterion(model(bad), torch.zeros(2, 1)).backward()
+    assert [(r.status, r.phase) for r in got] == [("warned", "input")]
+    with pytest.raises(NonFiniteError) as stop, stabcheck.trap(quiet=True, on_report=got.append):
+        criterion(model(bad), torch.zeros(2, 1))
+    assert got[1] is stop.value.report and got[1].status == "trapped"
+    assert got.append not in incident.listeners
+    with stabcheck.trap(action="warn", quiet=True):
+        criterion(model(bad), torch.zeros(2, 1))
+    assert len(got) == 2  # not listening any more
