@@ -9,6 +9,19 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "trap"]
 
 
+def load_ipython_extension(ipython):
+    """`%load_ext stabcheck`: trap every cell run afterwards (stabcheck/ipython.py)."""
+    from stabcheck import ipython as extension
+
+    extension.load(ipython)
+
+
+def unload_ipython_extension(ipython):
+    from stabcheck import ipython as extension
+
+    extension.unload(ipython)
+
+
 def __getattr__(name):
     if name == "trap":
         from stabcheck.runtime.api import trap

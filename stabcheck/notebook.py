@@ -33,7 +33,8 @@ _LINES = re.compile(r"\r\n|\r|\n")
 _LINE_REF = re.compile(r"\(((?:made )?at )?line (\d+)\)")
 _CELL_MAGIC = re.compile(r"^\s*%%(\w+)")
 # Cell magics whose body is Python: keep the body, mask the magic line.
-_PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug", "python", "python3", "ipython"})
+_PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug", "python", "python3", "ipython",
+                                 "stabcheck"})
 _ESCAPE = re.compile(r"^(\s*)(?:%|!(?!=)|\?)")
 _ASSIGN = re.compile(r"^(\s*[A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*\s*=\s*)(?:%|!(?!=))")
 _HELP = re.compile(r"^(\s*)[A-Za-z_][\w.]*\?{1,2}\s*$")

@@ -94,6 +94,11 @@ def test_magics_are_masked_line_for_line():
     assert nb.locate(11) == (4, 1)
 
 
+def test_a_stabcheck_cell_is_python():
+    nb = parse_notebook(notebook("%%stabcheck warn\nimport torch\n").encode())  # the runtime trap's cell magic
+    assert nb.source.splitlines() == ["", "import torch"] and nb.cells == [1]
+
+
 def test_invalid_notebooks_are_stb901_not_a_crash(tmp_path, capsys):
     write(tmp_path / "broken.ipynb", '{"cells": [')
     write(tmp_path / "v3.ipynb", json.dumps({"worksheets": [], "nbformat": 3}))

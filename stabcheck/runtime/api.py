@@ -70,19 +70,24 @@ class trap(contextlib.ContextDecorator):
     action: "stop" (default) raises `stabcheck.runtime.NonFiniteError` (a
     FloatingPointError) after printing the report; "warn" reports and goes on.
     report_json: also write the report there. per_op: check every op's output
-    (deferred device-side flags, one host sync per step).
+    (deferred device-side flags, one host sync per step). quiet: no panel on
+    stderr. on_report: called with each `TrapReport` while this block runs
+    (warn mode: every incident), before a stop raises.
     """
 
     def __init__(self, action: str = "stop", report_json: str | None = None, per_op: bool = False,
-                 quiet: bool = False):
+                 quiet: bool = False, on_report=None):
         self.config = TrapConfig(action=action, report_json=report_json, per_op=per_op, quiet=quiet)
+        self.on_report = on_report
         self._owner = False
 
     def __enter__(self):
         global _depth
         with _lock:
-            from stabcheck.runtime import tf_api
+            from stabcheck.runtime import incident, tf_api
 
+            if self.on_report is not None:
+                incident.listeners.append(self.on_report)
             # TensorFlow code: trapped now if TensorFlow is imported, else as soon as it is
             self._tf_owner = tf_api.enter(self.config)
             self._torch = not (tf_api.tf_loaded() and "torch" not in sys.modules)  # TF-only code skips torch
@@ -100,11 +105,18 @@ class trap(contextlib.ContextDecorator):
                     _install(self.config)
                 except BaseException:
                     _depth -= 1
+                    self._unlisten()
                     raise
                 self._owner = True
         return _trap
 
     def __exit__(self, exc_type, exc, tb):
+        try:
+            return self._exit(exc_type)
+        finally:
+            self._unlisten()  # after the final check, which may report too
+
+    def _exit(self, exc_type):
         global _depth
         with _lock:
             from stabcheck.runtime import tf_api
@@ -120,8 +132,14 @@ class trap(contextlib.ContextDecorator):
                 _uninstall(final_check=exc_type is None)
         return False
 
+    def _unlisten(self) -> None:
+        from stabcheck.runtime import incident
+
+        if self.on_report in incident.listeners:
+            incident.listeners.remove(self.on_report)
+
     def _recreate_cm(self):  # a fresh context per decorated call
-        return trap(**vars(self.config))
+        return trap(**vars(self.config), on_report=self.on_report)
 
 
 # -- `stabcheck run`: install when the script imports torch --------------------

@@ -28,6 +28,11 @@ class Finding:
     localized: str = "replay"
 
 
+#: Called with every report as it is emitted, before a stop raises (`trap(on_report=...)`; the
+#: IPython extension shows each one in the cell that ran it).
+listeners: list = []
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value and value.isdigit() else None
@@ -56,6 +61,11 @@ class IncidentSink:
                     print(f"stabcheck: cannot write {self.config.report_json}: {exc}", file=sys.stderr)
         if not self.config.quiet:
             render(report)
+        for listener in list(listeners):
+            try:
+                listener(report)
+            except Exception:  # a listener must not hide the report or the stop
+                pass
         if self.config.action == "stop":
             self.stopped = report
             for hook in list(getattr(self, "on_stop", ())):

@@ -102,8 +102,9 @@ def _fmt_stats(s: dict) -> str:
     return "  ".join(parts + bad)
 
 
-def render(report: TrapReport, stream=None) -> None:
-    """Print the report as a rich panel on stderr (plain text if rich is unusable)."""
+def render(report: TrapReport, stream=None, text_only: bool = False) -> None:
+    """Print the report as a rich panel on stderr (plain text if rich is unusable).
+    In a Jupyter kernel rich shows it as a display instead, unless `text_only` (no colour either)."""
     stream = stream or sys.stderr
     lines: list[tuple[str, str]] = []
     if report.rank is not None:
@@ -147,7 +148,8 @@ def render(report: TrapReport, stream=None) -> None:
         table.add_column(overflow="fold")
         for key, value in lines:
             table.add_row(key, Text(value))
-        console = Console(file=stream, stderr=stream is sys.stderr, highlight=False, soft_wrap=False)
+        plain = {"force_jupyter": False, "color_system": None} if text_only else {}
+        console = Console(file=stream, stderr=stream is sys.stderr, highlight=False, soft_wrap=False, **plain)
         console.print(Panel(table, title=Text(title, style="bold red"), subtitle=action, title_align="left",
                             border_style="red", expand=False))
     except Exception:  # pragma: no cover - rich missing or broken stream
