@@ -64,3 +64,9 @@ def test_use_instead_raises_nothing(code):
     for i, src in enumerate(fixes):
         found = [(d.row, d.code) for d in check_source(src, f"{code}-fixed-{i}.py", ALL)]
         assert not found, f"{code} 'Use instead' #{i + 1} raises {found}:\n{src}"
+
+
+@pytest.mark.parametrize("code", CHECKED)
+def test_page_states_its_tier_and_what_it_leaves_out(code):
+    tier = sections(pages()[code].read_text(encoding="utf-8")).get("## Tier", "")
+    assert "Default" in tier and "deliberately does not report" in tier, f"{code}: no ## Tier section"

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from markers import parse
+from markers import opt_in_only, parse
 
 from stabcheck.checks import RULES
 from stabcheck.engine import FileJob, check_file, check_jobs
@@ -33,6 +33,16 @@ def test_fixture_findings_match_markers(path: Path):
     assert not report, "\n" + "\n".join(report)
     fired_todo = [k for k in todo if got[k]]
     assert not fired_todo, f"known misses now fire, promote them to `expect`: {sorted(fired_todo)}"
+
+
+@pytest.mark.parametrize("path", STATIC, ids=lambda p: p.name)
+def test_default_selection_leaves_out_the_opt_in_shapes(path: Path):
+    """With the default selection (no opt-in shapes), a fixture produces its
+    `expect` markers less its `expect-opt-in` ones."""
+    source = path.read_text(encoding="utf-8")
+    expect, _ = parse(source)
+    got = Counter((d.row, d.code) for d in check_file(FileJob(str(path), ALL, opt_in=frozenset())))
+    assert got == expect - opt_in_only(source)
 
 
 def test_there_are_fixtures_for_every_rule():

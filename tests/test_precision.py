@@ -25,3 +25,53 @@ def test_standard_library_is_clean():
     assert set(counts) <= {"STB901"}, [(d.path, d.row, d.code, d.message) for d in diags if d.code != "STB901"]
     # The stdlib's deliberately undecodable test files.
     assert all("test" in d.path for d in diags)
+
+
+# ---------------------------------------------------------------- roles and tiers
+ORACLE = "import numpy as np\n\n\ndef reference_logsumexp(x):\n    return np.log(np.sum(np.exp(x)))\n"
+NORM = "import torch\n\n\ndef unit(v):\n    return v / v.norm(dim=-1, keepdim=True)\n"
+
+
+def _check(tmp_path, files: dict, *args) -> tuple[int, list]:
+    import json
+    import subprocess
+    import sys
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    out = subprocess.run([sys.executable, "-m", "stabcheck", "check", "--no-cache", "--output-format", "json", *args, "."],
+                         cwd=tmp_path, capture_output=True, text=True)
+    return out.returncode, sorted((f["filename"].rsplit("/", 1)[-1], f["code"]) for f in json.loads(out.stdout))
+
+
+def test_test_files_hold_oracles_the_bug_rules_leave_alone(tmp_path):
+    files = {"tests/test_ops.py": ORACLE, "pkg/ops_test.py": ORACLE, "conftest.py": ORACLE, "pkg/ops.py": ORACLE}
+    assert _check(tmp_path, files) == (1, [("ops.py", "STB003")])
+
+
+def test_per_file_ignores_in_the_configuration_replace_the_test_file_policy(tmp_path):
+    files = {"tests/test_ops.py": ORACLE, "pyproject.toml": "[tool.stabcheck]\nper-file-ignores = {}\n"}
+    assert _check(tmp_path, files) == (1, [("test_ops.py", "STB003")])
+    files["pyproject.toml"] = '[tool.stabcheck]\nextend-per-file-ignores = { "gen/*.py" = ["STB003"] }\n'
+    files["gen/made.py"] = ORACLE
+    assert _check(tmp_path, files) == (0, [])
+
+
+def test_opt_in_shapes_need_the_rule_selected_by_name_or_all(tmp_path):
+    files = {"model.py": NORM}
+    assert _check(tmp_path, files) == (0, [])
+    assert _check(tmp_path, files, "--select", "STB201") == (1, [("model.py", "STB201")])
+    assert _check(tmp_path, files, "--select", "ALL") == (1, [("model.py", "STB201")])
+    assert _check(tmp_path, files, "--extend-select", "STB2") == (1, [("model.py", "STB201")])
+    assert _check(tmp_path, files, "--select", "DEFAULT") == (0, [])
+
+
+def test_gradient_only_rules_are_silent_in_metrics_code():
+    from stabcheck.engine import check_source
+
+    src = "import torch\n\n\ndef pairwise(p):\n    return torch.sqrt(((p[:, None] - p[None]) ** 2).sum(-1))\n"
+    codes = frozenset(RULES)
+    assert [d.code for d in check_source(src, "model/geometry.py", codes)] == ["STB202"]
+    assert check_source(src, "torchmetrics/functional/geometry.py", codes) == []
+    assert check_source(src, "eval/geometry.py", codes) == []

@@ -141,6 +141,9 @@ class ExpressionWalker:
             if type(left) is type(right) and ast.dump(left) == ast.dump(right):
                 self._emit("square", node, left, lval)  # `x * x`
                 return Sq(node, is_difference(lval))
+            for a, b in ((lval, rval), (rval, lval)):
+                if isinstance(a, Exp) and (b is None or isinstance(b, (Const, Prob))):
+                    return a  # `pi * exp(...)`: a weighted exp is still an exp (a mixture term)
             return sign_of_product(lval, rval)
         if t is ast.Div:
             return self._divide(node, left, right, lval, rval)
