@@ -43,7 +43,9 @@ def test_every_option_in_the_usage_block_exists():
 def test_the_configuration_block_loads(tmp_path):
     (tmp_path / "pyproject.toml").write_text(block("### Configuration", "toml"), encoding="utf-8")
     settings = config.load(None, tmp_path)
-    assert settings.ignore == ["STB104"] and settings.per_file_ignores == {"tests/*.py": ["STB002"]}
+    assert settings.select == ["DEFAULT"] and settings.ignore == ["STB104"]
+    assert settings.per_file_ignores["scripts/legacy_*.py"] == ["STB2"]
+    assert settings.per_file_ignores["test_*.py"] == ["STB0", "STB1", "STB2"]  # extended, not replaced
 
 
 def test_the_github_actions_commands_parse():
