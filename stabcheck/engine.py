@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import re
 import sys
 import tokenize
 from concurrent.futures import ProcessPoolExecutor
@@ -207,7 +208,14 @@ def _syntax_error(exc: Exception, source: str, path: str, codes) -> list[Diagnos
         row = source.count("\n", 0, idx) + 1
         col = idx - (source.rfind("\n", 0, idx) + 1) + 1
         msg = "source contains a NUL byte"
+    elif isinstance(exc, SyntaxError) and _PYTHON2.search(msg):
+        # A tolerant Python 2 parse is not worth it: such files are legacy
+        # code nobody trains with today, and a guessed tree would give guessed findings.
+        msg += " (Python 2 source? stabcheck reads Python 3 only; the file was not checked)"
     return _meta(SYNTAX_ERROR.code, f"syntax error: {msg}", path, codes, max(row, 1), max(col, 1))
+
+
+_PYTHON2 = re.compile(r"Missing parentheses in call to '(print|exec)'|print\(\.\.\.\)|invalid decimal literal|leading zeros")
 
 
 def _decode_reason(exc: Exception, data: bytes) -> str:

@@ -58,6 +58,8 @@ _CANONICAL_PREFIXES = (
     ("tensorflow.keras.", "keras."),
     ("tf_keras.", "keras."),
     ("keras.src.", "keras."),
+    ("autograd.numpy.", "jax.numpy."),  # HIPS autograd: the NumPy API, with gradients
+    ("autograd.scipy.", "jax.scipy."),
     ("keras.api.", "keras."),
     ("keras._tf_keras.keras.", "keras."),
     ("torch.nn.modules.loss.", "torch.nn."),
@@ -347,6 +349,12 @@ HALF_DTYPES = frozenset({"torch.float16", "torch.half"})
 SEQUENTIAL = frozenset({"torch.nn.Sequential", "keras.Sequential", "keras.models.Sequential"})
 # Functional models: `keras.Model(inputs, outputs)` returns what `outputs` holds.
 FUNCTIONAL_MODELS = frozenset({"keras.Model", "keras.models.Model"})
+# Wrapper libraries that build the loss from a `criterion=` class and apply it
+# to the module's output (skorch's classifier feeds it the module's raw output).
+CRITERION_WRAPPERS = frozenset(_expand(
+    "skorch.{NeuralNet,NeuralNetClassifier,NeuralNetBinaryClassifier}",
+    "skorch.{net.NeuralNet,classifier.NeuralNetClassifier,classifier.NeuralNetBinaryClassifier}",
+))
 # Keras layer namespace: any `keras.layers.X(..., activation=...)` is a layer with that activation.
 KERAS_LAYER_PREFIX = "keras.layers."
 KERAS_ACTIVATION_LAYER = "keras.layers.Activation"

@@ -129,13 +129,14 @@ class Exp:
     `maxshift` when that is because its max was subtracted, so a sum of
     these is >= 1 (the max term is exp(0)) and cannot underflow to 0."""
 
-    __slots__ = ("node", "shifted", "qual", "maxshift")
+    __slots__ = ("node", "shifted", "qual", "maxshift", "global_max")
 
-    def __init__(self, node, shifted: bool, qual: str | None, maxshift: bool = False):
+    def __init__(self, node, shifted: bool, qual: str | None, maxshift: bool = False, global_max: bool = False):
         self.node = node
         self.shifted = shifted
         self.qual = qual
         self.maxshift = maxshift
+        self.global_max = global_max  # shifted by the whole tensor's max, not each row's
 
 
 class OnePlusExp:
@@ -165,12 +166,13 @@ class Red:
     guarded: an epsilon or clamp keeps it away from 0;
     exp: the unshifted `Exp` it sums (log-sum-exp, naive softmax);
     sumsq: it is a sum (or mean) of squares;
-    dist: of squared differences (a squared distance).
+    dist: of squared differences (a squared distance);
+    per_row: over some axes only.
     """
 
-    __slots__ = ("kind", "node", "pos", "guarded", "exp", "sumsq", "dist")
+    __slots__ = ("kind", "node", "pos", "guarded", "exp", "sumsq", "dist", "per_row")
 
-    def __init__(self, kind, node, pos=False, guarded=False, exp=None, sumsq=False, dist=False):
+    def __init__(self, kind, node, pos=False, guarded=False, exp=None, sumsq=False, dist=False, per_row=False):
         self.kind = kind
         self.node = node
         self.pos = pos
@@ -178,9 +180,10 @@ class Red:
         self.exp = exp
         self.sumsq = sumsq
         self.dist = dist
+        self.per_row = per_row  # over some axes (`sum(dim=1)`), not every element
 
     def with_guard(self) -> "Red":
-        return Red(self.kind, self.node, self.pos, True, self.exp, self.sumsq, self.dist)
+        return Red(self.kind, self.node, self.pos, True, self.exp, self.sumsq, self.dist, self.per_row)
 
 
 class Raw:
@@ -203,9 +206,14 @@ class Cosine:
 
 
 class Shifted:
-    """`x - max(x)`: at most 0, so its `exp` cannot overflow."""
+    """`x - max(x)`: at most 0, so its `exp` cannot overflow. `global_max`:
+    the max of the whole tensor (`x.max()`), which does not keep a per-row
+    sum of exps away from 0: rows far below it underflow."""
 
-    __slots__ = ()
+    __slots__ = ("global_max",)
+
+    def __init__(self, global_max: bool = False):
+        self.global_max = global_max
 
 
 class NonNeg:
@@ -219,6 +227,26 @@ class NonPos:
     cannot overflow."""
 
     __slots__ = ()
+
+
+class LogProb(NonPos):
+    """`log_softmax(x)` / `logsigmoid(x)`: <= 0, and its `exp` is that
+    probability (`src`)."""
+
+    __slots__ = ("src", "node")
+
+    def __init__(self, src: str, node):
+        self.src = src
+        self.node = node
+
+
+class Record:
+    """A dict literal with constant keys: `{"probs": softmax(x), ...}`."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: dict):
+        self.items = items
 
 
 class Const:

@@ -24,12 +24,14 @@ class NaiveSoftmax(Check):
                 "hand-written softmax without subtracting the max: exp overflows for logits > ~88.7 in float32 "
                 "and inf / inf is NaN; use softmax (or subtract x.max() first)",
             )
-        elif isinstance(den_val, OnePlusExp) and const_value(num) == 1.0:
+        elif isinstance(den_val, OnePlusExp) and not isinstance(num_val, (Exp, Red)):
+            # `1 / (1 + exp(-x))`, and scaled: `ymin + h / (1 + exp(-k * (x - x0)))`.
             # The forward value is right (1 / inf = 0); only the gradient breaks,
             # so code without gradients (NumPy) is the opt-in tier.
+            what = "1" if const_value(num) == 1.0 else "h"
             self.report(
                 node,
-                "hand-written sigmoid 1 / (1 + exp(-x)): exp(-x) overflows for x < ~-88.7 in float32 and the "
+                f"hand-written sigmoid {what} / (1 + exp(-x)): exp(-x) overflows for x < ~-88.7 in float32 and the "
                 "gradient becomes inf / inf = NaN; use sigmoid",
                 opt_in=not self.facts.differentiable(den_val.exp.qual),
             )

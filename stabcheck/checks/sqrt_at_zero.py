@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from stabcheck.checks.base import Check
-from stabcheck.values import Red
+from stabcheck.values import Red, Sq
 
 
 class SqrtAtZero(Check):
@@ -10,6 +10,8 @@ class SqrtAtZero(Check):
     summary = "sqrt of a squared distance with no epsilon: its gradient is inf (then NaN) where the distance is 0"
 
     def on_sqrt(self, node, x_node, x_val, qual):
+        if isinstance(x_val, Sq):  # `sqrt((a - b) ** 2)`: a square with no sum is the same hazard
+            x_val = Red("sum", x_val.node, sumsq=True, dist=x_val.diff)
         if not (isinstance(x_val, Red) and x_val.sumsq and not x_val.guarded):
             return
         if not self.facts.differentiable(qual):

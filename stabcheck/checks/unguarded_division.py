@@ -7,7 +7,8 @@ from stabcheck.checks.base import Check
 from stabcheck.values import Delta, Exp, Red
 
 _WHAT = {"sum": "a sum", "mean": "a mean", "norm": "a norm", "std": "a standard deviation",
-         "sqrt": "the square root of a sum", "normprod": "a product of norms"}
+         "sqrt": "the square root of a sum", "normprod": "a product of norms",
+         "maxabs": "a maximum of absolute values or norms"}
 
 
 class UnguardedDivision(Check):

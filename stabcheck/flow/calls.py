@@ -12,7 +12,7 @@ from stabcheck.flow.facts import (
 from stabcheck.flow.scopes import ClassInfo, FuncInfo, Instance
 from stabcheck.flow.syntax import call_arg, base_key, const_value, float16, kw_true, number, target_key
 from stabcheck.values import (
-    TENSOR_VALUES, Cosine, Exp, Guarded, Layer, LogOf, LossObj, NonNeg, NonPos, OnePlusExp, Prob, Qual, Raw, Red,
+    TENSOR_VALUES, Cosine, Exp, Guarded, Layer, LogOf, LossObj, NonNeg, NonPos, LogProb, OnePlusExp, Prob, Qual, Raw, Red,
     Shifted, Sq, Tup,
 )
 
@@ -82,7 +82,7 @@ class CallWalker:
             return self._qualified(node, callee.name, vals)
         if isinstance(callee, FuncInfo):
             ret = self._call_function(callee, node, vals)
-            return Red(N.MAX, node) if ret is None and named_max(node) else ret
+            return Red(N.MAX, node, per_row=True) if ret is None and named_max(node) else ret
         if isinstance(callee, ClassInfo):
             return Instance(callee)
         if isinstance(callee, Instance):
@@ -99,7 +99,8 @@ class CallWalker:
         if isinstance(callee, LossObj):
             self._emit_loss(node, callee.spec, callee.family, callee.qual, vals)
         elif named_max(node):
-            return Red(N.MAX, node)  # `m = _max_mask_non_finite(x)`: a helper the walk cannot see into
+            # `m = _max_mask_non_finite(x)`: a helper the walk cannot see into (taken as per row)
+            return Red(N.MAX, node, per_row=True)
         return None
 
     def _arg_context(self, node: ast.Call, callee) -> dict:
@@ -145,8 +146,11 @@ class CallWalker:
                 layers = vals.get(id(call_arg(node, 0, ("layers",))))
                 last = layers.items[-1] if isinstance(layers, Tup) and layers.items else None
             return Layer(last.ret if isinstance(last, Layer) else None, sequential=name)
-        if name in N.FUNCTIONAL_MODELS:
-            return Layer(vals.get(id(call_arg(node, 1, ("outputs",)))))
+        if name in N.FUNCTIONAL_MODELS:  # Keras 2 spelled them `input=`, `output=`
+            return Layer(vals.get(id(call_arg(node, 1, ("outputs", "output")))))
+        if name in N.CRITERION_WRAPPERS:
+            self._criterion_wrapper(node, vals)
+            return None
         export = self._export(name)
         if export is not None:
             kind, src = export
@@ -248,11 +252,19 @@ class CallWalker:
         if op == N.PASSTHROUGH:
             return x_val if isinstance(x_val, TENSOR_VALUES) else None
         if op == "reduce":
-            return reduction_value(func.kind, node, x_val)
+            axes = any(kw.arg in ("dim", "axis", "reduction_indices") for kw in node.keywords)
+            per_row = axes or len(node.args) >= (1 if qual is None else 2)
+            return reduction_value(func.kind, node, x_val, per_row)
         if op == N.EXP:
-            return Exp(node, isinstance(x_val, (Shifted, NonPos)), qual, maxshift=isinstance(x_val, Shifted))
+            if isinstance(x_val, LogProb):
+                return Prob(x_val.src, node, qual)  # exp(log_softmax(x)) is the softmax
+            shift = x_val if isinstance(x_val, Shifted) else None
+            return Exp(node, isinstance(x_val, (Shifted, NonPos)), qual, maxshift=shift is not None,
+                       global_max=shift is not None and shift.global_max)
         if op == N.LOG_PROB:
-            return NonPos()
+            name = qual or (node.func.attr if isinstance(node.func, ast.Attribute) else "")
+            src = N.SRC_SOFTMAX if "softmax" in name else N.SRC_SIGMOID if "sigmoid" in name or "expit" in name else None
+            return LogProb(src, node) if src else NonPos()
         if op == N.NEG:
             return negated(x_val)
         if op == N.POW:
@@ -289,6 +301,9 @@ class CallWalker:
                 if op == N.DIVIDE:
                     return self._divide(node, a, b, vals.get(id(a)), vals.get(id(b)))
                 self._emit("mult", node, a, b, vals.get(id(a)), vals.get(id(b)))
+                if type(a) is type(b) and ast.dump(a) == ast.dump(b):  # `torch.mul(d, d)`
+                    self._emit("square", node, a, vals.get(id(a)))
+                    return Sq(node, is_difference(vals.get(id(a))))
             return None
         if op == N.CLAMP:
             if isinstance(x_val, Cosine):
@@ -326,6 +341,26 @@ class CallWalker:
             if key is not None:
                 return LogOf(node, key, comp, id(self._function_scope()))
         return None
+
+    def _criterion_wrapper(self, node: ast.Call, vals: dict) -> None:
+        """`NeuralNetClassifier(Net, criterion=nn.CrossEntropyLoss)`: the
+        wrapper applies the criterion to what the module returns."""
+        module = call_arg(node, 0, ("module",))
+        criterion = call_arg(node, -1, ("criterion",))
+        if module is None or criterion is None:
+            return
+        mod, crit = vals.get(id(module)), vals.get(id(criterion))
+        if isinstance(crit, Qual) and crit.name in N.LOSS_CLASSES:
+            crit = LossObj(N.LOSS_CLASSES[crit.name], N.LOSS_CLASSES[crit.name].family, crit.name)
+        if not isinstance(crit, LossObj):
+            return
+        out = None
+        if isinstance(mod, ClassInfo):
+            out = self._call_instance(Instance(mod))
+        elif isinstance(mod, (Instance, Layer)):
+            out = self._call_instance(mod) if isinstance(mod, Instance) else mod.ret
+        if isinstance(out, Prob):
+            self._emit("loss", node, crit.spec, crit.family, crit.qual, [(module, Prob(out.src, out.node, out.qual))])
 
     def _emit_loss(self, node: ast.Call, spec: N.LossSpec, family: str, qual: str, vals: dict) -> None:
         pairs = []

@@ -9,8 +9,8 @@ from stabcheck.flow.facts import is_difference, named_max, named_mean, negated, 
 from stabcheck.flow.scopes import Instance, Scope, merge
 from stabcheck.flow.syntax import const_value, float32, number, numeric_range, target_key
 from stabcheck.values import (
-    TENSOR_VALUES, Const, Cosine, Delta, Diff, Exp, Guarded, LogOf, NonPos, OnePlusExp, Prob, Qual, Red, Shifted, Sq,
-    Tup,
+    TENSOR_VALUES, Const, Cosine, Delta, Diff, Exp, Guarded, LogOf, NonPos, OnePlusExp, Prob, Qual, Record, Red, Shifted,
+    Sq, Tup,
 )
 
 _PASSTHROUGH_ATTRS = frozenset({"data", "T", "mT", "real", "values"})
@@ -36,6 +36,9 @@ class ExpressionWalker:
         if t is ast.Subscript:
             val = self.expr(node.value)
             self.expr(node.slice)
+            if isinstance(val, Record):
+                key = node.slice
+                return val.items.get(key.value) if isinstance(key, ast.Constant) and isinstance(key.value, str) else None
             if isinstance(val, Tup):
                 idx = node.slice
                 if isinstance(idx, ast.Constant) and isinstance(idx.value, int) and -len(val.items) <= idx.value < len(val.items):
@@ -51,6 +54,12 @@ class ExpressionWalker:
                     return val
                 return negated(val)
             return None
+        if t is ast.Dict:
+            vals = [self.expr(v) for v in node.values]
+            for k in node.keys:
+                self.expr(k)
+            items = {k.value: v for k, v in zip(node.keys, vals) if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+            return Record(items) if items else None
         if t in (ast.Tuple, ast.List):
             data = numeric_range(node)
             if data is not None:
@@ -172,7 +181,8 @@ class ExpressionWalker:
                     return comp.guarded(lnum > 1.0, False) if isinstance(comp, Prob) else Guarded(comp.lo or lnum > 1.0, comp.hi)
                 return None
             if isinstance(rval, Red) and rval.kind == N.MAX or named_max(right):
-                return Shifted()  # x - max(x), x - x_max
+                # x - max(x), x - x_max; `x - x.max()` is the max of every element
+                return Shifted(global_max=isinstance(rval, Red) and rval.kind == N.MAX and not rval.per_row)
             if isinstance(lval, Prob) or isinstance(rval, Prob):
                 return Diff(lval, rval)
             if lnum is None and rnum is None:

@@ -15,6 +15,7 @@ from stabcheck.flow.syntax import call_arg, base_key, const_value
 from stabcheck.values import Const, Delta, Diff, Exp, Guarded, NonNeg, NonPos, Prob, Red, Sq
 
 NONNEG = (Sq, NonNeg)
+MAX_ABS = "maxabs"  # the max of values that are >= 0 (a peak or the largest norm)
 
 
 def useful_bound(node: ast.AST | None, low: bool) -> bool:
@@ -50,18 +51,20 @@ def capped(val):
     return val
 
 
-def reduction_value(kind: str, node, x_val):
+def reduction_value(kind: str, node, x_val, per_row: bool = False):
     """The value of sum(x), norm(x), ... given what x holds."""
     if kind in (N.SUM, N.MEAN):
         if isinstance(x_val, Exp):
-            return Red(kind, node, pos=True, exp=x_val)
+            return Red(kind, node, pos=True, exp=x_val, per_row=per_row)
         if isinstance(x_val, Prob):
-            return Red(kind, node, pos=True)
+            return Red(kind, node, pos=True, per_row=per_row)
         if isinstance(x_val, Sq):
-            return Red(kind, node, sumsq=True, dist=x_val.diff)
+            return Red(kind, node, sumsq=True, dist=x_val.diff, per_row=per_row)
         if isinstance(x_val, Red):
-            return Red(kind, node, x_val.pos, x_val.guarded, x_val.exp, x_val.sumsq, x_val.dist)
-    return Red(kind, node)
+            return Red(kind, node, x_val.pos, x_val.guarded, x_val.exp, x_val.sumsq, x_val.dist, per_row)
+    if kind == N.MAX and (isinstance(x_val, NONNEG) or isinstance(x_val, Red) and x_val.kind == N.NORM):
+        return Red(MAX_ABS, node, per_row=per_row)  # `x.abs().max()`, `torch.max(norms)`: 0 only for all zeros
+    return Red(kind, node, per_row=per_row)
 
 
 def sign_of_sum(a, b, subtract: bool):

@@ -6,7 +6,7 @@ from stabcheck.values import Prob, Raw, Red, Tup
 
 
 class FuncInfo:
-    __slots__ = ("node", "scope", "cls", "state", "ret")
+    __slots__ = ("node", "scope", "cls", "state", "ret", "defaults")
 
     def __init__(self, node, scope, cls=None):
         self.node = node
@@ -14,6 +14,7 @@ class FuncInfo:
         self.cls = cls
         self.state = 0  # 0 new, 1 in progress, 2 done
         self.ret = None
+        self.defaults: dict = {}  # parameters bound by their default (a loss object)
 
 
 class ClassInfo:

@@ -10,7 +10,7 @@ from stabcheck.flow.scopes import ClassInfo, FuncInfo, Instance, Scope, merge
 from stabcheck.flow.facts import ends_block
 from stabcheck.flow.syntax import const_value, target_key
 from stabcheck.project import resolve_relative
-from stabcheck.values import Layer, Prob, Qual, Tup
+from stabcheck.values import Layer, LossObj, Prob, Qual, Tup
 
 
 class StatementWalker:
@@ -213,9 +213,8 @@ class StatementWalker:
             self._analyse_class(info.cls)
             return info.ret
         info.state = 1
-        for default in (*info.node.args.defaults, *[d for d in info.node.args.kw_defaults if d is not None]):
-            self.expr(default)
-        info.ret = self._walk_function(info, {})
+        info.defaults = self._defaults(info)
+        info.ret = self._walk_function(info, info.defaults)
         info.state = 2
         return info.ret
 
@@ -261,28 +260,56 @@ class StatementWalker:
             return isinstance(first, ast.Constant) and first.value is False
         return False
 
+    def _defaults(self, info: FuncInfo) -> dict:
+        """Evaluate a function's default values (once, at its first walk); a
+        loss object given as a default (`criterion=nn.CrossEntropyLoss()`) is
+        what the parameter holds unless a caller passes another."""
+        args = info.node.args
+        positional = (*args.posonlyargs, *args.args)
+        pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+        pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+        bound = {}
+        for param, default in pairs:
+            val = self.expr(default)
+            if isinstance(val, LossObj):
+                bound[param.arg] = val
+        return bound
+
     def _call_function(self, info: FuncInfo, node: ast.Call, vals: dict):
-        """What calling `info` returns here. A function given an activation as
-        an argument (`add_layer(h, 10, 1, activation_function=tf.nn.softmax)`)
-        is walked again with it bound, once per distinct activation."""
+        """What calling `info` returns here. A function given an activation,
+        a loss object or a model that returns a probability as an argument
+        (`add_layer(h, 10, 1, activation_function=tf.nn.softmax)`,
+        `train(Net(), nn.CrossEntropyLoss(), x, y)`) is walked again with it
+        bound, once per distinct binding."""
         bindings = {}
         if info.cls is None:
             params = [a.arg for a in (*info.node.args.posonlyargs, *info.node.args.args)]
             pairs = list(zip(params, node.args)) + [(kw.arg, kw.value) for kw in node.keywords if kw.arg]
             for param, arg in pairs:
                 val = vals.get(id(arg))
-                if isinstance(val, Qual) and N.FUNCS.get(val.name) is not None and N.FUNCS[val.name].op in (N.SOFTMAX, N.SIGMOID):
-                    bindings[param] = val
-                elif isinstance(val, Layer) and val.activation:
+                if self._carries(val):
                     bindings[param] = val
         if not bindings:
             return self._summary(info)
-        key = (id(info), tuple(sorted((p, getattr(v, "name", id(v))) for p, v in bindings.items())))
+        key = (id(info), tuple(sorted((p, _identity(v)) for p, v in bindings.items())))
         if key not in self._contexts:
             self._summary(info)  # the plain walk first: its findings, its recursion guard
             self._contexts[key] = None  # recursion guard for the contextual walk
-            self._contexts[key] = self._walk_function(info, bindings)
+            self._contexts[key] = self._walk_function(info, {**info.defaults, **bindings})
         return self._contexts[key]
+
+    def _carries(self, val) -> bool:
+        """Is `val` worth walking a callee again for?"""
+        if isinstance(val, Qual):
+            func = N.FUNCS.get(val.name)
+            return func is not None and func.op in (N.SOFTMAX, N.SIGMOID)
+        if isinstance(val, Layer):
+            return val.activation or isinstance(val.ret, Prob)
+        if isinstance(val, LossObj):
+            return True
+        if isinstance(val, Instance):
+            return isinstance(self._call_instance(val), Prob)
+        return False
 
     # ------------------------------------------------------------ other modules
     def _export(self, name: str):
@@ -319,13 +346,18 @@ class StatementWalker:
             return
         cls.state = 1
         outer = self.scope
-        self.scope = Scope(cls.scope)
+        self.scope = body = Scope(cls.scope)
         try:
             for stmt in cls.node.body:
                 if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     self.stmt(stmt)
         finally:
             self.scope = outer
+        # Class attributes (`loss_fn = nn.BCELoss()` in the class body) are
+        # what `self.loss_fn` reads until a method assigns it.
+        for name, val in body.vars.items():
+            if val is not None and name not in cls.methods:
+                cls.attrs.setdefault(name, val)
         # Constructors first: `self.softmax = nn.Softmax(1)` in __init__ is
         # what `forward` calls.
         order = sorted(
@@ -356,3 +388,14 @@ class StatementWalker:
             scope = scope.parent
         return scope
 
+
+
+def _identity(val):
+    """What distinguishes one binding from another for the contextual-walk cache."""
+    if isinstance(val, Qual):
+        return val.name
+    if isinstance(val, LossObj):
+        return val.qual
+    if isinstance(val, Instance):
+        return id(val.cls)
+    return id(val)
