@@ -84,7 +84,7 @@ class CallWalker:
             ret = self._call_function(callee, node, vals)
             return Red(N.MAX, node, per_row=True) if ret is None and named_max(node) else ret
         if isinstance(callee, ClassInfo):
-            return Instance(callee)
+            return self._construct(callee, node, vals)
         if isinstance(callee, Instance):
             return self._call_instance(callee)
         if isinstance(callee, Layer):

@@ -18,14 +18,16 @@ class FuncInfo:
 
 
 class ClassInfo:
-    __slots__ = ("node", "scope", "attrs", "methods", "state")
+    __slots__ = ("node", "scope", "attrs", "methods", "state", "init_bindings")
 
-    def __init__(self, node, scope):
+    def __init__(self, node, scope, init_bindings: dict | None = None):
         self.node = node
         self.scope = scope
         self.attrs: dict[str, object] = {}
         self.methods: dict[str, FuncInfo] = {}
         self.state = 0
+        # `__init__`'s parameters bound by one construction (`Wrapper(nn.Sequential(..., nn.Softmax()))`).
+        self.init_bindings: dict = init_bindings or {}
 
 
 class Instance:

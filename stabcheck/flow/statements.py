@@ -194,13 +194,34 @@ class StatementWalker:
         return info
 
     def _define_class(self, node: ast.ClassDef, scope: Scope) -> ClassInfo:
-        info = ClassInfo(node, scope)
-        for stmt in node.body:
-            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                info.methods[stmt.name] = FuncInfo(stmt, scope, info)
+        info = self._class_info(node, scope)
         scope.assign(node.name, info)
         self._pending.append(info)
         return info
+
+    def _class_info(self, node: ast.ClassDef, scope: Scope, init_bindings: dict | None = None) -> ClassInfo:
+        info = ClassInfo(node, scope, init_bindings)
+        for stmt in node.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                info.methods[stmt.name] = FuncInfo(stmt, scope, info)
+        return info
+
+    def _construct(self, cls: ClassInfo, node: ast.Call, vals: dict) -> Instance:
+        """`Trainer(SoftmaxNet(), nn.CrossEntropyLoss())`: a construction given
+        a loss or a probability model is analysed as its own class, with
+        `__init__`'s parameters bound, once per distinct binding."""
+        init = cls.methods.get("__init__")
+        if init is None or cls.init_bindings:
+            return Instance(cls)
+        params = [a.arg for a in (*init.node.args.posonlyargs, *init.node.args.args)][1:]
+        pairs = list(zip(params, node.args)) + [(kw.arg, kw.value) for kw in node.keywords if kw.arg]
+        bindings = {p: vals.get(id(a)) for p, a in pairs if self._carries(vals.get(id(a)))}
+        if not bindings:
+            return Instance(cls)
+        key = (id(cls), tuple(sorted((p, _identity(v)) for p, v in bindings.items())))
+        if key not in self._contexts:
+            self._contexts[key] = self._class_info(cls.node, cls.scope, bindings)
+        return Instance(self._contexts[key])
 
     # ------------------------------------------------------------ functions and classes
     def _summary(self, info: FuncInfo):
@@ -214,7 +235,8 @@ class StatementWalker:
             return info.ret
         info.state = 1
         info.defaults = self._defaults(info)
-        info.ret = self._walk_function(info, info.defaults)
+        extra = info.cls.init_bindings if info.cls is not None and info.node.name == "__init__" else {}
+        info.ret = self._walk_function(info, {**info.defaults, **extra})
         info.state = 2
         return info.ret
 
