@@ -196,13 +196,15 @@ class Raw:
 
 
 class Cosine:
-    """A cosine similarity: in [-1, 1] up to rounding."""
+    """A cosine similarity: in [-1, 1] up to rounding. `clamped`: a clamp
+    was applied but not strictly inside (-1, 1) where gradients flow."""
 
-    __slots__ = ("node", "guarded")
+    __slots__ = ("node", "guarded", "clamped")
 
-    def __init__(self, node, guarded=False):
+    def __init__(self, node, guarded=False, clamped=False):
         self.node = node
         self.guarded = guarded
+        self.clamped = clamped
 
 
 class Shifted:

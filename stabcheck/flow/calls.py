@@ -307,7 +307,8 @@ class CallWalker:
             return None
         if op == N.CLAMP:
             if isinstance(x_val, Cosine):
-                return Cosine(x_val.node, guarded=clamps_inside_unit(func, node, self.facts.differentiable(qual)))
+                inside = clamps_inside_unit(func, node, self.facts.differentiable(qual))
+                return Cosine(x_val.node, guarded=inside, clamped=not inside)
             lo = func.lo is not None and useful_bound(call_arg(node, *func.lo), low=True)
             upper = call_arg(node, *func.hi) if func.hi is not None else None
             hi = useful_bound(upper, low=False)
