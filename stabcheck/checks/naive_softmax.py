@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import ast
+
 from stabcheck.checks.base import Check
 from stabcheck.flow import const_value
+from stabcheck.flow.syntax import exp_operand
 from stabcheck.values import Exp, OnePlusExp, Red
 
 
@@ -24,7 +27,7 @@ class NaiveSoftmax(Check):
                 "hand-written softmax without subtracting the max: exp overflows for logits > ~88.7 in float32 "
                 "and inf / inf is NaN; use softmax (or subtract x.max() first)",
             )
-        elif isinstance(den_val, OnePlusExp) and not isinstance(num_val, (Exp, Red)):
+        elif isinstance(den_val, OnePlusExp) and (const_value(num) == 1.0 or _scaled_sigmoid(num_val, den_val.exp)):
             # `1 / (1 + exp(-x))`, and scaled: `ymin + h / (1 + exp(-k * (x - x0)))`.
             # The forward value is right (1 / inf = 0); only the gradient breaks,
             # so code without gradients (NumPy) is the opt-in tier.
@@ -35,3 +38,16 @@ class NaiveSoftmax(Check):
                 "gradient becomes inf / inf = NaN; use sigmoid",
                 opt_in=not self.facts.differentiable(den_val.exp.qual),
             )
+
+
+def _scaled_sigmoid(num_val, exp: Exp) -> bool:
+    """`h / (1 + exp(-z))`: a numerator that is not itself built from exps,
+    over an exp of a negated argument (the sigmoid's own spelling)."""
+    operand = exp_operand(exp.node)
+    while isinstance(operand, ast.BinOp) and isinstance(operand.op, (ast.Mult, ast.Div)):
+        operand = operand.left  # `-k * (t - t0)`: the leading factor carries the sign
+    negated = (
+        isinstance(operand, ast.UnaryOp) and isinstance(operand.op, ast.USub)
+        and not isinstance(operand.operand, ast.Constant)  # `-2 * pi * f`: a constant, not a logit
+    )
+    return negated and not isinstance(num_val, (Exp, Red))
