@@ -69,12 +69,18 @@ class CacheRuns:
         self.files, self.workers = files, workers
         self.tmp = tempfile.TemporaryDirectory(prefix="stabcheck-bench-")
         self.rounds = 0
-        self.warm_dir = Path(self.tmp.name) / "warm" / DIRNAME
+        self.warm_dir = self._fresh("warm")
         stabcheck_run(files, workers, Cache(self.warm_dir))
+
+    def _fresh(self, name: str) -> Path:
+        # The cache creates its own directory, but not the folders above it.
+        parent = Path(self.tmp.name) / name
+        parent.mkdir()
+        return parent / DIRNAME
 
     def cold(self) -> int:
         self.rounds += 1
-        return stabcheck_run(self.files, self.workers, Cache(Path(self.tmp.name) / f"cold{self.rounds}" / DIRNAME))
+        return stabcheck_run(self.files, self.workers, Cache(self._fresh(f"cold{self.rounds}")))
 
     def warm(self) -> int:
         return stabcheck_run(self.files, self.workers, Cache(self.warm_dir))
@@ -86,7 +92,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     tree = args.tree or default_tree()
-    files, _ = discover([str(tree)], Settings(root=tree))
+    files = discover([str(tree)], Settings(root=tree)).files
     lines = sum(read(f).count("\n") for f in files)
     engine._raise_recursion_limit()
 

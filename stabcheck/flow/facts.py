@@ -191,18 +191,19 @@ class Context:
         # > 0 while evaluating a guard: a clamp bound, `maximum(x, eps)`, a
         # denominator, an `eps=` argument (where an absorbed epsilon matters).
         self.guard_position = 0
-        self._nonzero: list[str] = []
-        self._bounded: list[str] = []
+        # Enclosing tests (node, negated), read only when a rule asks: most
+        # walks never do, and keying an expression costs an ast.dump.
+        self._tests: list[tuple[ast.AST, bool]] = []
 
     def enter_function(self, no_grad: bool) -> tuple:
         """A function body is walked once, wherever it is first called: it
         starts with no guards and its own gradient context."""
-        saved = (self.no_grad, self.guard_position, self._nonzero, self._bounded)
-        self.no_grad, self.guard_position, self._nonzero, self._bounded = int(no_grad), 0, [], []
+        saved = (self.no_grad, self.guard_position, self._tests)
+        self.no_grad, self.guard_position, self._tests = int(no_grad), 0, []
         return saved
 
     def leave_function(self, saved: tuple) -> None:
-        self.no_grad, self.guard_position, self._nonzero, self._bounded = saved
+        self.no_grad, self.guard_position, self._tests = saved
 
     # ------------------------------------------------------------ gradients
     def differentiable(self, qual: str | None = None) -> bool:
@@ -221,28 +222,34 @@ class Context:
     def nonzero(self, node: ast.AST) -> bool:
         """Is `node` proven non-zero here? `mask.sum()` is when `mask` (any
         element) is."""
-        if not self._nonzero:
+        if not self._tests:
             return False
-        if expr_key(node) in self._nonzero:
+        keys = self._guards()[0]
+        if expr_key(node) in keys:
             return True
         operand = reduced_operand(node)
-        return operand is not None and expr_key(operand) in self._nonzero
+        return operand is not None and expr_key(operand) in keys
 
     def bounded(self, node: ast.AST) -> bool:
-        return bool(self._bounded) and expr_key(node) in self._bounded
+        return bool(self._tests) and expr_key(node) in self._guards()[1]
 
-    def push(self, test: ast.AST, negated: bool = False) -> tuple[int, int]:
-        """Record what `test` (true, or false if `negated`) proves; returns a
-        mark for `pop`."""
-        mark = (len(self._nonzero), len(self._bounded))
-        nonzero, bounded = guards_of(test, negated)
-        self._nonzero += nonzero
-        self._bounded += bounded
-        return mark
+    def _guards(self) -> tuple[set[str], set[str]]:
+        nonzero: set[str] = set()
+        bounded: set[str] = set()
+        for test, negated in self._tests:
+            nz, bd = guards_of(test, negated)
+            nonzero.update(nz)
+            bounded.update(bd)
+        return nonzero, bounded
 
-    def pop(self, mark: tuple[int, int]) -> None:
-        del self._nonzero[mark[0]:]
-        del self._bounded[mark[1]:]
+    def push(self, test: ast.AST, negated: bool = False) -> int:
+        """Record that `test` holds (or fails, if `negated`) from here on;
+        returns a mark for `pop`."""
+        self._tests.append((test, negated))
+        return len(self._tests) - 1
+
+    def pop(self, mark: int) -> None:
+        del self._tests[mark:]
 
 
 def reduced_operand(node: ast.AST) -> ast.AST | None:

@@ -62,10 +62,12 @@ class StatementWalker:
             # `if d == 0: return` and `assert d > 0` guard the rest of the block.
             if type(stmt) is ast.If and not stmt.orelse and ends_block(stmt.body):
                 m = facts.push(stmt.test, negated=True)
-                mark = mark or m
             elif type(stmt) is ast.Assert:
                 m = facts.push(stmt.test)
-                mark = mark or m
+            else:
+                continue
+            if mark is None:
+                mark = m
         if mark is not None:
             facts.pop(mark)
 
