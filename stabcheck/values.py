@@ -152,11 +152,12 @@ class Sq:
     """`x ** 2`, `square(x)`, `x * x`; `diff` when `x` is a difference
     `a - b` (a squared distance: exactly 0 where the two coincide)."""
 
-    __slots__ = ("node", "diff")
+    __slots__ = ("node", "diff", "raw")
 
-    def __init__(self, node, diff: bool = False):
+    def __init__(self, node, diff: bool = False, raw: bool = False):
         self.node = node
         self.diff = diff
+        self.raw = raw  # of an unconstrained layer output (a learned scale that can reach 0)
 
 
 class Red:

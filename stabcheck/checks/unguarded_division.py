@@ -4,7 +4,7 @@ import ast
 
 from stabcheck import names as N
 from stabcheck.checks.base import Check
-from stabcheck.values import Delta, Exp, Red
+from stabcheck.values import Delta, Exp, Raw, Red, Sq
 
 _WHAT = {"sum": "a sum", "mean": "a mean", "norm": "a norm", "std": "a standard deviation",
          "sqrt": "the square root of a sum", "normprod": "a product of norms",
@@ -17,6 +17,14 @@ class UnguardedDivision(Check):
     summary = "division by a standard deviation or a sum of exps that can be zero, with no epsilon"
 
     def on_div(self, node, num, den, num_val, den_val):
+        if isinstance(den_val, (Raw, Sq)) and (isinstance(den_val, Raw) or den_val.raw) and not self.facts.nonzero(den):
+            # `(x - mu) ** 2 / (2 * sd ** 2)` with `sd = self.fc_sd(h)`: nothing keeps a raw output from 0.
+            self.report(
+                node,
+                "division by a raw layer output (or its square) used as a scale: nothing keeps it away from 0, so "
+                "the loss becomes inf/NaN as soon as the layer outputs 0; predict log(sd) and use exp, or softplus + eps",
+            )
+            return
         if not isinstance(den_val, Red) or den_val.guarded or self.facts.nonzero(den):
             return
         grad = self.facts.differentiable()

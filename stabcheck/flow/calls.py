@@ -7,13 +7,13 @@ import ast
 
 from stabcheck import names as N
 from stabcheck.flow.facts import (
-    capped, clamps_inside_unit, guarded_value, is_difference, named_max, negated, reduction_value, useful_bound, where_value,
+    capped, clamps_inside_unit, guarded_value, named_max, negated, reduction_value, square_of, useful_bound, where_value,
 )
 from stabcheck.flow.scopes import ClassInfo, FuncInfo, Instance
 from stabcheck.flow.syntax import call_arg, base_key, const_value, float16, kw_true, number, target_key
 from stabcheck.values import (
     TENSOR_VALUES, Cosine, Exp, Guarded, Layer, LogOf, LossObj, NonNeg, NonPos, LogProb, OnePlusExp, Prob, Qual, Raw, Red,
-    Shifted, Sq, Tup,
+    Shifted, Tup,
 )
 
 # torch-only tensor methods: their constant arguments are float32 arithmetic.
@@ -225,7 +225,7 @@ class CallWalker:
             arg = node.args[0]
             if name == "pow" and const_value(arg) == 2.0:
                 self._emit("square", node, func.value, recv)
-                return Sq(node, is_difference(recv))
+                return square_of(node, recv)
             if name == "pow" and const_value(arg) == 0.5:
                 return self._on_sqrt(node, func.value, recv, None)
             if name == "mul":
@@ -271,7 +271,7 @@ class CallWalker:
             exponent = const_value(call_arg(node, 1, ("exponent", "y", "x2")))
             if exponent == 2.0 and x_node is not None:
                 self._emit("square", node, x_node, x_val)
-                return Sq(node, is_difference(x_val))
+                return square_of(node, x_val)
             if exponent == 0.5 and x_node is not None:
                 return self._on_sqrt(node, x_node, x_val, qual)
             return None
@@ -292,7 +292,7 @@ class CallWalker:
         if op == N.SQUARE:
             if x_node is not None:
                 self._emit("square", node, x_node, x_val)
-            return Sq(node, is_difference(x_val))
+            return square_of(node, x_val)
         if op == N.WHERE:
             return where_value(node) or Guarded(True, True)
         if op in (N.MULTIPLY, N.DIVIDE):
@@ -303,7 +303,7 @@ class CallWalker:
                 self._emit("mult", node, a, b, vals.get(id(a)), vals.get(id(b)))
                 if type(a) is type(b) and ast.dump(a) == ast.dump(b):  # `torch.mul(d, d)`
                     self._emit("square", node, a, vals.get(id(a)))
-                    return Sq(node, is_difference(vals.get(id(a))))
+                    return square_of(node, vals.get(id(a)))
             return None
         if op == N.CLAMP:
             if isinstance(x_val, Cosine):

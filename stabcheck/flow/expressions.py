@@ -5,12 +5,12 @@ from __future__ import annotations
 import ast
 
 from stabcheck import names as N
-from stabcheck.flow.facts import is_difference, named_max, named_mean, negated, sign_of_product, sign_of_sum
+from stabcheck.flow.facts import named_max, named_mean, negated, sign_of_product, sign_of_sum, square_of
 from stabcheck.flow.scopes import Instance, Scope, merge
 from stabcheck.flow.syntax import const_value, float32, number, numeric_range, target_key
 from stabcheck.values import (
     TENSOR_VALUES, Const, Cosine, Delta, Diff, Exp, Guarded, LogOf, NonPos, OnePlusExp, Prob, Qual, Record, Red, Shifted,
-    Sq, Tup,
+    Tup,
 )
 
 _PASSTHROUGH_ATTRS = frozenset({"data", "T", "mT", "real", "values"})
@@ -149,7 +149,7 @@ class ExpressionWalker:
                 return Red("normprod", node, guarded=lval.guarded or rval.guarded)
             if type(left) is type(right) and ast.dump(left) == ast.dump(right):
                 self._emit("square", node, left, lval)  # `x * x`
-                return Sq(node, is_difference(lval))
+                return square_of(node, lval)
             for a, b in ((lval, rval), (rval, lval)):
                 if isinstance(a, Exp) and (b is None or isinstance(b, (Const, Prob))):
                     return a  # `pi * exp(...)`: a weighted exp is still an exp (a mixture term)
@@ -160,7 +160,7 @@ class ExpressionWalker:
             c = const_value(right)
             if c == 2.0:
                 self._emit("square", node, left, lval)
-                return Sq(node, is_difference(lval))
+                return square_of(node, lval)
             if c == 0.5:
                 return self._on_sqrt(node, left, lval, None)
             return None

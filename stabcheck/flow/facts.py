@@ -12,7 +12,7 @@ import ast
 
 from stabcheck import names as N
 from stabcheck.flow.syntax import call_arg, base_key, const_value
-from stabcheck.values import Const, Delta, Diff, Exp, Guarded, NonNeg, NonPos, Prob, Red, Sq
+from stabcheck.values import Const, Delta, Diff, Exp, Guarded, NonNeg, NonPos, Prob, Raw, Red, Sq
 
 NONNEG = (Sq, NonNeg)
 MAX_ABS = "maxabs"  # the max of values that are >= 0 (a peak or the largest norm)
@@ -78,6 +78,11 @@ def sign_of_sum(a, b, subtract: bool):
     return None
 
 
+def square_of(node: ast.AST, base) -> Sq:
+    """The value of `base ** 2` (or `base * base`, `square(base)`)."""
+    return Sq(node, is_difference(base), isinstance(base, Raw))
+
+
 def is_difference(val) -> bool:
     """Is this the value of `a - b` (so that its square is a squared distance)?"""
     return isinstance(val, Diff) or isinstance(val, Delta) and not val.centred
@@ -130,6 +135,8 @@ def sign_of_product(a, b):
         if isinstance(x, Const):
             if x.value < 0 and isinstance(y, NONNEG) or x.value > 0 and isinstance(y, NonPos):
                 return NonPos()
+            if x.value > 0 and isinstance(y, Sq):
+                return y  # `2 * sd ** 2`: still a square
         elif isinstance(x, NonPos) and (y is None or isinstance(y, (Delta, *NONNEG))):
             return NonPos()
     return None
