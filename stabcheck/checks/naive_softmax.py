@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check
 from stabcheck.flow import const_value
 from stabcheck.values import Exp, OnePlusExp, Red
@@ -23,10 +24,12 @@ class NaiveSoftmax(Check):
                 node,
                 "hand-written softmax without subtracting the max: exp overflows for logits > ~88.7 in float32 "
                 "and inf / inf is NaN; use softmax (or subtract x.max() first)",
+                self.fix(fixers.naive_softmax, node, num_val, den_val.node, den_val.exp),
             )
         elif isinstance(den_val, OnePlusExp) and const_value(num) == 1.0:
             self.report(
                 node,
                 "hand-written sigmoid 1 / (1 + exp(-x)): exp(-x) overflows for x < ~-88.7 in float32 and the "
                 "gradient becomes inf / inf = NaN; use sigmoid",
+                self.fix(fixers.naive_sigmoid, node, den_val.exp),
             )

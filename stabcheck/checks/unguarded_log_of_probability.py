@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from stabcheck import names as N
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check, describe, origin
 from stabcheck.checks.log_of_softmax import is_direct_softmax
 from stabcheck.flow import base_key, const_value
@@ -33,10 +34,14 @@ class UnguardedLogOfProbability(Check):
         if not isinstance(x_val, Prob) or x_val.lo or is_direct_softmax(x_node, x_val):
             return
         edge = "1" if x_val.comp else "0"
+        fix = None
+        if x_val.src == N.SRC_SIGMOID:
+            fix = self.fix(fixers.log_sigmoid, node, x_node, x_val.node, x_val.qual, x_val.comp)
         self.report(
             node,
             f"unguarded log of {describe(x_val)}{origin(x_val, node)}: -inf and a NaN gradient "
             f"once the probability reaches exactly {edge}; {_fix(x_val)}",
+            fix,
         )
 
     def on_mult(self, node, left, right, lval, rval):

@@ -30,26 +30,32 @@ def to_dict(d: Diagnostic) -> dict:
 
 
 def _fix(d: Diagnostic) -> dict | None:
-    """ruff's shape: applicability, message, and edits with 1-based positions."""
+    """ruff's shape: applicability, message, and edits with 1-based positions
+    (the difference the fix makes to the file as it is now)."""
     if d.fix is None:
         return None
+    from stabcheck import engine, fix_engine
     from stabcheck.source import SourceMap
 
     locate = None
     try:
-        if d.cell is not None:  # offsets are in the notebook's joined code cells
+        with open(d.path, "rb") as fh:
+            data = fh.read()
+        if d.cell is not None:  # spans are in the notebook's joined code cells
             from stabcheck import notebook
 
-            with open(d.path, "rb") as fh:
-                nb = notebook.parse(fh.read())
-            smap, locate = SourceMap(nb.source), nb.locate
+            nb = notebook.parse(data)
+            source, locate = nb.source, nb.locate
         else:
-            with open(d.path, encoding="utf-8") as fh:
-                smap = SourceMap(fh.read())
-    except (OSError, UnicodeDecodeError, ValueError):
+            source = engine.decode(data)
+    except (OSError, SyntaxError, UnicodeError, LookupError, ValueError):
         return None
+    found = fix_engine.edits(source, d.fix)
+    if found is None:
+        return None
+    smap = SourceMap(source)
     edits = []
-    for e in d.fix.edits:
+    for e in found:
         (row, col), (end_row, end_col) = smap.position(e.start), smap.position(e.end)
         item = {"content": e.content}
         if locate is not None:
