@@ -35,11 +35,12 @@ def visible(diags: list[Diagnostic], unsafe: bool) -> tuple[list[Diagnostic], in
     return [d if d.fix is None or applicable(d, unsafe) else replace(d, fix=None) for d in diags], hidden
 
 
-def fix_files(diags: list[Diagnostic], jobs: list, unsafe: bool, diff: bool, out: TextIO = sys.stdout,
-              roots: list[str] | None = None, err: TextIO = sys.stderr):
+def fix_files(diags: list[Diagnostic], jobs: list, unsafe: bool, diff: bool, out: TextIO | None = None,
+              roots: list[str] | None = None, err: TextIO | None = None):
     """Apply fixes; return (remaining diagnostics, number of fixes applied).
     With `diff`, nothing is written: the changes are printed. Files that
     resolve outside `roots` (real paths) are not written."""
+    out, err = out or sys.stdout, err or sys.stderr
     by_path: dict[str, list[Diagnostic]] = {}
     for d in diags:
         by_path.setdefault(d.path, []).append(d)

@@ -353,9 +353,9 @@ RECIPES: dict[str, tuple[Callable, str]] = {
 def _rebuilt(target: cst.BaseExpression, new: cst.BaseExpression):
     """A replacement for `target` built from original nodes; any comment of
     `target` that `new` no longer holds is re-attached to it."""
-    lost = _comments(target) - _comments(new)
     if target.lpar:
         new = new.with_changes(lpar=target.lpar, rpar=target.rpar)
+    lost = _comments(target) - _comments(new)
     if lost:
         new = _with_comments(new, [c for c, n in lost.items() for _ in range(n)])
     return lambda updated: new
@@ -395,12 +395,22 @@ _FREE_CONTEXT = (cst.Arg, cst.Assign, cst.AnnAssign, cst.AugAssign, cst.Return, 
 
 
 class _Rewriter(cst.CSTTransformer):
-    def __init__(self, tree: _Tree, edits: dict, removals: set):
+    def __init__(self, tree: _Tree, edits: dict, removals: set, moved: list):
         super().__init__()
         self.tree = tree
         self.edits = edits  # original node -> [rewrite(updated) -> new]
         self.removals = removals  # SimpleStatementLines to remove
+        self.moved = moved  # nodes moved out of a removed line: their comments travel with them
         self.results: dict = {}  # original target -> what replaced it
+        # Only the way down to a target is walked (a file's other nodes stay as they are).
+        self.paths: set = set()
+        for node in [*edits, *removals]:
+            while node is not None and node not in self.paths:
+                self.paths.add(node)
+                node = tree.parents.get(node)
+
+    def on_visit(self, node) -> bool:
+        return node in self.paths
 
     def on_leave(self, original, updated):
         for rewrite in self.edits.get(original, ()):
@@ -432,6 +442,9 @@ class _Rewriter(cst.CSTTransformer):
             if old in self.removals:
                 pending.extend(old.leading_lines)
                 inside = _comments(old.with_changes(leading_lines=[]))
+                for node in self.moved:
+                    if _within(self.tree, node, old):
+                        inside -= _comments(node)
                 pending.extend(cst.EmptyLine(comment=cst.Comment(c)) for c, n in inside.items() for _ in range(n))
                 continue
             if pending:
@@ -439,6 +452,14 @@ class _Rewriter(cst.CSTTransformer):
                 pending = []
             body.append(new)
         return updated.with_changes(body=body)
+
+
+def _within(tree: _Tree, node, ancestor) -> bool:
+    while node is not None:
+        if node is ancestor:
+            return True
+        node = tree.parents.get(node)
+    return False
 
 
 def _span_range(span):
@@ -463,6 +484,7 @@ def _select(fixes: list[Fix]) -> list[Fix]:
 def _plan(tree: _Tree, fixes: list[Fix]):
     edits: dict = {}
     removals: set = set()
+    moved: list = []
     wants: list = []  # (fix, original target, callee names)
     for fix in fixes:
         for op in fix.ops:
@@ -480,13 +502,15 @@ def _plan(tree: _Tree, fixes: list[Fix]):
             else:
                 nodes = [_expr(tree, s) for s in op.spans]
             rewrite, names = recipe(tree, nodes, op.params)
+            if op.kind == "move":
+                moved.append(nodes[1])
             if locates == "stmt":
                 removals.add(tree.parents[nodes[0]])
                 continue
             edits.setdefault(nodes[0], []).append(rewrite)
             if names:
                 wants.append((fix, nodes[0], names))
-    return edits, removals, wants
+    return edits, removals, moved, wants
 
 
 def _attempt(source: str, fixes: list[Fix], accept=None) -> tuple[str | None, str]:
@@ -496,8 +520,8 @@ def _attempt(source: str, fixes: list[Fix], accept=None) -> tuple[str | None, st
     except (cst.ParserSyntaxError, RecursionError, ValueError) as exc:
         return None, f"libcst cannot parse the file ({type(exc).__name__})"
     try:
-        edits, removals, wants = _plan(tree, fixes)
-        rewriter = _Rewriter(tree, edits, removals)
+        edits, removals, moved, wants = _plan(tree, fixes)
+        rewriter = _Rewriter(tree, edits, removals, moved)
         module = tree.module.visit(rewriter)
         imports = sorted({q for fix in fixes for q in fix.imports})
         if imports:
@@ -534,8 +558,8 @@ def _verify(old: str, new: str, fixes, wants) -> tuple[str | None, str]:
         if new_comment:
             after[new_comment] -= 1
     if +before != +after:
-        lost = sorted((+before - +after).elements())
-        return None, f"the fix would lose a comment ({lost[0] if lost else 'reordered'})"
+        lost, extra = sorted((+before - +after).elements()), sorted((+after - +before).elements())
+        return None, f"the fix would lose a comment: {lost[0]}" if lost else f"the fix would repeat a comment: {extra[0]}"
     for names, code in wants:
         if not _is_wanted(code, names):
             return None, f"the rewritten code is not what the rule wants: {code.strip()[:60]!r}"

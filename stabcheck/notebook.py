@@ -210,7 +210,15 @@ def _cell_hunks(nb: Notebook, cells: list, new_source: str) -> dict[int, list]:
         for r in range(i1 + 1, i2 + 1):
             if r - first >= len(lines) or lines[r - first] != old[r - 1]:
                 raise NotebookError("a fix would touch a line with IPython syntax")
-        out.setdefault(cell, []).append((i1 + 1 - first, i2 + 1 - first, new[j1:j2]))
+        added = new[j1:j2]
+        index = nb.cells.index(cell)
+        end = nb.starts[index + 1] if index + 1 < len(nb.cells) else len(old) + 1
+        if i1 == i2 and i1 + 1 == end:  # appended to the cell: the cell boundary already separates
+            while added and not added[-1].strip():
+                added.pop()
+            if not added:
+                continue
+        out.setdefault(cell, []).append((i1 + 1 - first, i2 + 1 - first, added))
     return out
 
 
