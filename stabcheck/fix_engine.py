@@ -173,9 +173,14 @@ def _is_one(node: cst.BaseExpression) -> bool:
 # the rewritten node may have).
 
 
+def _through(inside, target, via: bool) -> bool:
+    """`inside` is `target` itself, or (`via`) the name bound to it."""
+    return isinstance(inside, cst.Name) if via else inside is target
+
+
 def _r_log_softmax(tree, nodes, params):
     log, sm = nodes
-    if _sole_operand(log) is not sm:
+    if not _through(_sole_operand(log), sm, params[1:] == ("via",)):
         raise Unfixable("the log's operand is not the softmax call itself")
     new = sm.with_changes(func=_callee(params[0], sm.func), lpar=[], rpar=[])
     return _rebuilt(log, new), ("log_softmax",)
@@ -238,13 +243,14 @@ def _r_exp_half(tree, nodes, params):
 
 def _r_log_sigmoid(tree, nodes, params):
     log, sig = nodes
-    callee, sig_form, comp = params
+    callee, sig_form, comp, via = params
     inside = _sole_operand(log)
     if comp:
         if not (isinstance(inside, cst.BinaryOperation) and isinstance(inside.operator, cst.Subtract)
-                and _is_one(inside.left) and inside.right is sig):
+                and _is_one(inside.left)):
             raise Unfixable("the log's operand is not 1 - sigmoid(z)")
-    elif inside is not sig:
+        inside = inside.right
+    if not _through(inside, sig, bool(via)):
         raise Unfixable("the log's operand is not the sigmoid call itself")
     z = _operand(sig, sig_form)
     return _rebuilt(log, _call(_callee(callee), [_arg(_negated(z) if comp else z)])), (
@@ -502,8 +508,7 @@ def _plan(tree: _Tree, fixes: list[Fix]):
             else:
                 nodes = [_expr(tree, s) for s in op.spans]
             rewrite, names = recipe(tree, nodes, op.params)
-            if op.kind == "move":
-                moved.append(nodes[1])
+            moved.extend(nodes[1:])  # read from elsewhere: maybe out of a removed line
             if locates == "stmt":
                 removals.add(tree.parents[nodes[0]])
                 continue

@@ -38,6 +38,9 @@ CASES = [
     ("STB102", T + "return F.binary_cross_entropy(torch.sigmoid(x), y)", True, "torch"),
     ("STB102", T + "return nn.BCELoss()(x.sigmoid(), y)", True, "torch"),
     ("STB102", T + "p = torch.sigmoid(x)  # probabilities\n    return F.binary_cross_entropy(p, y)", False, "torch"),
+    ("STB102", T + "p = torch.sigmoid(x)\n    return F.binary_cross_entropy(p, y) + (p > 0.5).sum()", False, "torch"),
+    ("STB002", T + "p = torch.sigmoid(x)\n    return y * torch.log(p) + (1 - y) * torch.log(1 - p)", False, "torch"),
+    ("STB002", T + "probs = F.softmax(x, dim=-1)\n    return y * torch.log(probs)", False, "torch"),
 ]
 
 

@@ -85,10 +85,17 @@ def _root(qual: str | None) -> str:
     return (N.framework_of(qual) or "torch") if qual else "torch"  # method forms: torch tensors
 
 
-def log_softmax(ctx: FixContext, log_call: ast.Call, sm_call: ast.Call, sm_qual: str | None):
-    """`log(softmax(x, d))` -> `log_softmax(x, d)`."""
+def log_softmax(ctx: FixContext, log_call: ast.Call, sm_call: ast.Call, sm_qual: str | None, x_node=None):
+    """`log(softmax(x, d))` -> `log_softmax(x, d)`; through a name bound to
+    the softmax (`p = softmax(x, d)`, then `log(p)`) too, as an unsafe fix."""
     if not _name_of(log_call).endswith("log"):
         return None
+    via = ()
+    if x_node is not None and x_node is not sm_call:
+        binding = _binding(ctx, x_node, sm_call, sm_qual) if _plain_log(log_call) else None
+        if binding is None:
+            return None
+        via = _dropped(ctx, *binding)
     callee, imports = "", ()
     if not _is_method(sm_call, sm_qual):
         target = _LOG_SOFTMAX.get(sm_qual)
@@ -97,8 +104,8 @@ def log_softmax(ctx: FixContext, log_call: ast.Call, sm_call: ast.Call, sm_qual:
         callee, imports = _callee_renamed(ctx, sm_call, sm_qual, target)
         if not callee:
             return None
-    return Fix("Use log_softmax", SAFE, (ctx.op("log_softmax", log_call, sm_call, params=(callee or ".log_softmax",)),),
-               imports)
+    op = ctx.op("log_softmax", log_call, sm_call, params=(callee or ".log_softmax", "via" if x_node is not None and x_node is not sm_call else ""))
+    return Fix("Use log_softmax", UNSAFE if x_node is not None and x_node is not sm_call else SAFE, (op, *via), imports)
 
 
 def log_sigmoid(ctx: FixContext, log_call: ast.Call, x_node: ast.AST, sig_call: ast.Call, sig_qual: str | None,
@@ -106,20 +113,27 @@ def log_sigmoid(ctx: FixContext, log_call: ast.Call, x_node: ast.AST, sig_call: 
     """`log(sigmoid(z))` -> `logsigmoid(z)`; `log(1 - sigmoid(z))` -> `logsigmoid(-z)`."""
     if not _plain_log(log_call) or not isinstance(sig_call, ast.Call) or not _has_operand(sig_call, sig_qual):
         return None
+    inner = x_node
     if comp:
-        if not (isinstance(x_node, ast.BinOp) and isinstance(x_node.op, ast.Sub) and x_node.right is sig_call
+        if not (isinstance(x_node, ast.BinOp) and isinstance(x_node.op, ast.Sub)
                 and isinstance(x_node.left, ast.Constant) and x_node.left.value == 1):
             return None
-    elif x_node is not sig_call:
-        return None
+        inner = x_node.right
+    via = ()
+    if inner is not sig_call:  # through a name: `p = sigmoid(z)`, then `log(p)`
+        binding = _binding(ctx, inner, sig_call, sig_qual)
+        if binding is None:
+            return None
+        via = _dropped(ctx, *binding)
     target = _LOG_SIGMOID.get(_root(sig_qual).replace("numpy", "scipy"))
     if target is None:
         return None
     callee, imports = ctx.spell(target)
     if not callee:
         return None
-    op = ctx.op("log_sigmoid", log_call, sig_call, params=(callee, _form(sig_call, sig_qual), "comp" if comp else ""))
-    return Fix("Use log-sigmoid", SAFE, (op,), imports)
+    params = (callee, _form(sig_call, sig_qual), "comp" if comp else "", "via" if inner is not sig_call else "")
+    op = ctx.op("log_sigmoid", log_call, sig_call, params=params)
+    return Fix("Use log-sigmoid", UNSAFE if inner is not sig_call else SAFE, (op, *via), imports)
 
 
 def drop_activation(ctx: FixContext, arg: ast.AST, act_call: ast.Call, act_qual: str | None, what: str):
@@ -132,19 +146,27 @@ def drop_activation(ctx: FixContext, arg: ast.AST, act_call: ast.Call, act_qual:
 
 def _logits_for(ctx: FixContext, arg: ast.AST, act_call: ast.Call, act_qual: str | None):
     """Ops that put the activation's operand where `arg` is: in place when
-    `arg` is the activation call, else through a name bound once to it (the
-    binding statement goes)."""
+    `arg` is the activation call, else through the name bound to it (the
+    binding goes when that was its only use)."""
     if arg is act_call:
         return (ctx.op("operand", act_call, params=(_form(act_call, act_qual),)),)
-    stmt = _single_use_binding(ctx, arg, act_call)
-    if stmt is None:
+    binding = _binding(ctx, arg, act_call, act_qual)
+    if binding is None:
         return None
-    return (ctx.op("move", arg, _operand(act_call, act_qual)), ctx.op("remove_statement", stmt))
+    stmt, only_use = binding
+    return (ctx.op("move", arg, _operand(act_call, act_qual)), *_dropped(ctx, stmt, only_use))
 
 
-def _single_use_binding(ctx: FixContext, use: ast.AST, value: ast.AST) -> ast.Assign | None:
-    """`p = <value>` when `use` is the only read of `p` in its function and
-    nothing between the two statements touches a name `value` reads."""
+def _dropped(ctx: FixContext, stmt: ast.stmt, only_use: bool) -> tuple:
+    return (ctx.op("remove_statement", stmt),) if only_use else ()
+
+
+def _binding(ctx: FixContext, use: ast.AST, value: ast.Call, qual: str | None):
+    """(`p = <value>`, whether `use` is p's only read) when `use` reads the
+    name bound once to `value` in the same function, and the operand of
+    `value` reads the same at `use` as at the binding: nothing in between
+    touches a name it reads, and it calls nothing unless it moves with no
+    statement in between."""
     stmt = ctx.parent(value)
     if not (isinstance(use, ast.Name) and isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
         return None
@@ -156,13 +178,13 @@ def _single_use_binding(ctx: FixContext, use: ast.AST, value: ast.AST) -> ast.As
         func = ctx.parent(func)
     if func is None or any(isinstance(n, (ast.Global, ast.Nonlocal)) for n in ast.walk(func)):
         return None
-    if sum(1 for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == use.id) != 2:
-        return None  # one binding, one use
-    if not all(isinstance(n, (ast.Name, ast.Attribute, ast.Subscript, ast.Constant, ast.BinOp, ast.UnaryOp,
-                              ast.Call, ast.Load, ast.operator, ast.unaryop, ast.keyword, ast.Starred))
-               for n in ast.walk(value)):
+    names = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == use.id]
+    if sum(1 for n in names if not isinstance(n.ctx, ast.Load)) != 1:
+        return None  # bound once
+    operand = _operand(value, qual)
+    if not all(isinstance(n, (*_PURE, ast.Call, ast.keyword, ast.Starred)) for n in ast.walk(value)):
         return None
-    reads = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
+    reads = {n.id for n in ast.walk(operand) if isinstance(n, ast.Name)}
     body = _block_of(ctx, stmt)
     use_stmt = use
     while use_stmt is not None and use_stmt not in body:
@@ -172,16 +194,10 @@ def _single_use_binding(ctx: FixContext, use: ast.AST, value: ast.AST) -> ast.As
     between = body[body.index(stmt) + 1:body.index(use_stmt)]
     if any(isinstance(n, ast.Name) and n.id in reads for s in between for n in ast.walk(s)):
         return None
-    # The operand is evaluated later now: a call in it must not move past anything.
-    if between and any(isinstance(n, ast.Call) for n in ast.walk(_operand_only(value))):
-        return None
-    return stmt
-
-
-def _operand_only(call: ast.AST) -> ast.AST:
-    if isinstance(call, ast.Call):
-        return call.args[0] if call.args else call.func.value if isinstance(call.func, ast.Attribute) else call
-    return call
+    only_use = len(names) == 2
+    if any(isinstance(n, ast.Call) for n in ast.walk(operand)) and (between or not only_use):
+        return None  # a call would run at another time, or twice
+    return stmt, only_use
 
 
 def _block_of(ctx: FixContext, stmt: ast.stmt) -> list:
@@ -205,7 +221,7 @@ def bce_with_logits(ctx: FixContext, loss_call: ast.Call, loss_qual: str, arg: a
     logits = _logits_for(ctx, arg, sig_call, sig_qual)
     if not logits:
         return None
-    safety = SAFE if len(logits) == 1 else UNSAFE  # more than one statement touched
+    safety = SAFE if arg is sig_call else UNSAFE  # through a name: more than one statement
     if loss_qual == "torch.nn.functional.binary_cross_entropy":
         callee, imports = _callee_renamed(ctx, loss_call, loss_qual, loss_qual + "_with_logits")
         if not callee:

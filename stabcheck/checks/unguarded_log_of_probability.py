@@ -37,6 +37,8 @@ class UnguardedLogOfProbability(Check):
         fix = None
         if x_val.src == N.SRC_SIGMOID:
             fix = self.fix(fixers.log_sigmoid, node, x_node, x_val.node, x_val.qual, x_val.comp)
+        elif x_val.src == N.SRC_SOFTMAX and not x_val.comp:
+            fix = self.fix(fixers.log_softmax, node, x_val.node, x_val.qual, x_node)
         self.report(
             node,
             f"unguarded log of {describe(x_val)}{origin(x_val, node)}: -inf and a NaN gradient "
