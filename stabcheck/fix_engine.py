@@ -31,7 +31,7 @@ with warnings.catch_warnings():  # libcst's metadata package imports a deprecate
     from libcst.codemod import CodemodContext
     from libcst.codemod.visitors import AddImportsVisitor
 
-from stabcheck.fixes import Edit, Fix, Op
+from stabcheck.fixes import Edit, Fix
 
 _DOTTED = re.compile(r"^\.?[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 
@@ -587,17 +587,9 @@ def _is_wanted(code: str, names) -> bool:
 
 
 def _file_comments(source: str) -> Counter:
-    import io
-    import tokenize
+    from stabcheck.suppress import _comments
 
-    out: Counter = Counter()
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.COMMENT:
-                out[tok.string] += 1
-    except (tokenize.TokenError, SyntaxError):
-        pass
-    return out
+    return Counter(text for _, _, text in _comments(source))
 
 
 def apply(source: str, fixes: list[Fix], accept: Callable[[str], str | None] | None = None) -> Result:

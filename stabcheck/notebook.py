@@ -182,7 +182,7 @@ def check_notebook(data: bytes, path: str, codes: frozenset[str], package: str |
         cell, row = nb.locate(d.row)
         end_row = max(d.end_row - (d.row - row), row)
         message = _LINE_REF.sub(cell_line, d.message)  # " (made at line 12)" names a row of the joined source
-        # Fix offsets stay in the joined text: `apply_fixes` maps them to cells.
+        # Fix spans stay in the joined text: `--fix` rewrites it and `rewrite` maps the change to cells.
         out.append(dataclasses.replace(d, message=message, cell=cell, row=row, end_row=end_row))
     return out
 
