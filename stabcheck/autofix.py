@@ -16,7 +16,7 @@ import tokenize
 from dataclasses import replace
 from typing import TextIO
 
-from stabcheck import engine, fix_engine, fixes, safe_write
+from stabcheck import engine, fixes, safe_write
 from stabcheck.diagnostics import Diagnostic
 from stabcheck.report.locations import display_path
 from stabcheck.source import SourceMap
@@ -89,6 +89,8 @@ def fix_files(diags: list[Diagnostic], jobs: list, unsafe: bool, diff: bool, out
 
 def _passes(doc, unsafe: bool, err: TextIO) -> tuple[str, int]:
     """Fix, re-check, fix again; a fix dropped once is not retried."""
+    from stabcheck import fix_engine  # libcst: only when something gets fixed
+
     text, applied_total = doc.text, 0
     found = doc.check(text)
     dropped: set = set()

@@ -474,12 +474,12 @@ def _span_range(span):
 
 def _select(fixes: list[Fix]) -> list[Fix]:
     """The fixes that can go in together: in order of position, each one
-    whose targets overlap none already chosen (the others wait for the next
-    pass)."""
+    whose nodes (rewritten or read) overlap none already chosen (the others
+    wait for the next pass)."""
     taken: list = []
     chosen = []
     for fix in sorted(fixes, key=lambda f: min(_span_range(op.spans[0]) for op in f.ops) if f.ops else ((0, 0), (0, 0))):
-        ranges = [_span_range(op.spans[0]) for op in fix.ops if op.spans]
+        ranges = [_span_range(span) for op in fix.ops for span in op.spans]
         if not ranges or any(a < te and ts < b for a, b in ranges for ts, te in taken):
             continue
         taken.extend(ranges)

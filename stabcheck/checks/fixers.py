@@ -108,6 +108,15 @@ def log_softmax(ctx: FixContext, log_call: ast.Call, sm_call: ast.Call, sm_qual:
     return Fix("Use log_softmax", UNSAFE if x_node is not None and x_node is not sm_call else SAFE, (op, *via), imports)
 
 
+def log_of_probability(ctx: FixContext, log_call: ast.Call, x_node: ast.AST, prob):
+    """`log(p)` of a sigmoid or softmax output `prob` (a values.Prob)."""
+    if prob.src == N.SRC_SIGMOID:
+        return log_sigmoid(ctx, log_call, x_node, prob.node, prob.qual, prob.comp)
+    if prob.src == N.SRC_SOFTMAX and not prob.comp:
+        return log_softmax(ctx, log_call, prob.node, prob.qual, x_node)
+    return None
+
+
 def log_sigmoid(ctx: FixContext, log_call: ast.Call, x_node: ast.AST, sig_call: ast.Call, sig_qual: str | None,
                 comp: bool):
     """`log(sigmoid(z))` -> `logsigmoid(z)`; `log(1 - sigmoid(z))` -> `logsigmoid(-z)`."""

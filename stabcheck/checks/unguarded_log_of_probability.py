@@ -34,16 +34,11 @@ class UnguardedLogOfProbability(Check):
         if not isinstance(x_val, Prob) or x_val.lo or is_direct_softmax(x_node, x_val):
             return
         edge = "1" if x_val.comp else "0"
-        fix = None
-        if x_val.src == N.SRC_SIGMOID:
-            fix = self.fix(fixers.log_sigmoid, node, x_node, x_val.node, x_val.qual, x_val.comp)
-        elif x_val.src == N.SRC_SOFTMAX and not x_val.comp:
-            fix = self.fix(fixers.log_softmax, node, x_val.node, x_val.qual, x_node)
         self.report(
             node,
             f"unguarded log of {describe(x_val)}{origin(x_val, node)}: -inf and a NaN gradient "
             f"once the probability reaches exactly {edge}; {_fix(x_val)}",
-            fix,
+            self.fix(fixers.log_of_probability, node, x_node, x_val),
         )
 
     def on_mult(self, node, left, right, lval, rval):
