@@ -59,6 +59,7 @@ class FixContext:
         self.tree = tree
         self.scope = scope  # the walker's module scope: name -> value (set once the walker exists)
         self._parents: dict[int, ast.AST] | None = None
+        self._names: set[str] | None = None
 
     def span(self, node: ast.AST) -> Span:
         row, col, end_row, end_col = self.smap.span(node)
@@ -87,6 +88,22 @@ class FixContext:
         if qualname in bound:
             return bound[qualname], ()
         name = parts[-1]
-        if name in self.scope.vars:
+        if name in self.scope.vars or name in self._taken():
             return "", ()
         return name, (qualname,)
+
+    def _taken(self) -> set[str]:
+        """Every name the module binds or reads anywhere (a new import must
+        not be shadowed by a local `softmax = ...`)."""
+        if self._names is None:
+            self._names = set()
+            for node in ast.walk(self.tree):
+                if isinstance(node, ast.Name):
+                    self._names.add(node.id)
+                elif isinstance(node, ast.arg):
+                    self._names.add(node.arg)
+                elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    self._names.add(node.name)
+                elif isinstance(node, ast.alias):
+                    self._names.add((node.asname or node.name).partition(".")[0])
+        return self._names

@@ -258,3 +258,9 @@ def test_fix_never_leaves_a_file_that_does_not_parse_nor_loses_a_comment(tmp_pat
         assert not lost, (name, lost, fixed)
         changed += fixed != source
     assert changed > 35
+
+
+def test_no_import_that_a_local_name_would_shadow():
+    source = "import numpy as np\n\n\ndef f(x):\n    logsumexp = 3\n    return np.log(np.sum(np.exp(x))) + logsumexp\n"
+    (d,) = [d for d in check_source(source, "m.py", ALL) if d.code == "STB003"]
+    assert d.fix is None
