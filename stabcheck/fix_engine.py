@@ -360,7 +360,9 @@ def _rebuilt(target: cst.BaseExpression, new: cst.BaseExpression):
     """A replacement for `target` built from original nodes; any comment of
     `target` that `new` no longer holds is re-attached to it."""
     if target.lpar:
-        new = new.with_changes(lpar=target.lpar, rpar=target.rpar)
+        parens = [*target.lpar, *target.rpar]
+        keep = not isinstance(new, _ATOMS) or any(_comments(p) for p in parens)  # `(sigmoid(z))`: redundant
+        new = new.with_changes(lpar=target.lpar if keep else [], rpar=target.rpar if keep else [])
     lost = _comments(target) - _comments(new)
     if lost:
         new = _with_comments(new, [c for c, n in lost.items() for _ in range(n)])

@@ -264,3 +264,12 @@ def test_no_import_that_a_local_name_would_shadow():
     source = "import numpy as np\n\n\ndef f(x):\n    logsumexp = 3\n    return np.log(np.sum(np.exp(x))) + logsumexp\n"
     (d,) = [d for d in check_source(source, "m.py", ALL) if d.code == "STB003"]
     assert d.fix is None
+
+
+def test_an_import_into_a_module_with_none_goes_below_shebang_and_cookie(tmp_path, capsys):
+    target = tmp_path / "m.py"
+    target.write_text("#!/usr/bin/env python\n# -*- coding: utf-8 -*-\n# noqa: STB001\ndef g(s):\n"
+                      "    import numpy as np\n    return np.log(np.sum(np.exp(s)))\n")
+    run(capsys, "--fix", str(target))
+    assert target.read_text() == ("#!/usr/bin/env python\n# -*- coding: utf-8 -*-\nfrom scipy.special import logsumexp\n\n"
+                                  "def g(s):\n    import numpy as np\n    return logsumexp(s)\n")
