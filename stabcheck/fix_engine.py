@@ -271,8 +271,8 @@ def _r_softmax(tree, nodes, params):
 def _r_sigmoid(tree, nodes, params):
     div, exp = nodes
     callee, exp_form = params
-    den = div.right if isinstance(div, cst.BinaryOperation) else None
-    if not (isinstance(div.operator, cst.Divide) and _is_one(div.left) and _is_sum_with_one(den, exp)):
+    if not (isinstance(div, cst.BinaryOperation) and isinstance(div.operator, cst.Divide) and _is_one(div.left)
+            and _is_sum_with_one(div.right, exp)):
         raise Unfixable("not 1 / (1 + exp(-x)) any more")
     return _rebuilt(div, _call(_callee(callee), [_arg(_negated(_operand(exp, exp_form)))])), ("sigmoid", "expit")
 
@@ -310,8 +310,9 @@ def _r_from_logits(tree, nodes, params):
             if named:
                 args[named[0]] = args[named[0]].with_changes(value=true)
             else:
-                if args:
-                    args[-1] = args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT) if args[-1].comma is cst.MaybeSentinel.DEFAULT else args[-1]
+                last = args[-1].comma if args else None
+                if isinstance(last, cst.Comma) and last.whitespace_after.empty:  # `f(a, b,)`
+                    args[-1] = args[-1].with_changes(comma=last.with_changes(whitespace_after=cst.SimpleWhitespace(" ")))
                 args.append(_arg(true, "from_logits"))
         return updated.with_changes(args=args)
 
@@ -542,7 +543,8 @@ def _attempt(source: str, fixes: list[Fix], accept=None) -> tuple[str | None, st
         new = module.code
     except Unfixable as exc:
         return None, str(exc)
-    except (cst.CSTValidationError, cst.ParserSyntaxError, RecursionError, TypeError, ValueError) as exc:
+    except (cst.CSTValidationError, cst.ParserSyntaxError, RecursionError, TypeError, ValueError, AttributeError,
+            IndexError, KeyError) as exc:  # a plan that does not fit the tree: never a traceback
         return None, f"libcst could not build the fix ({type(exc).__name__}: {exc})"
     new, why = _verify(source, new, fixes, [(names, module.code_for_node(rewriter.results[t])) for _, t, names in wants])
     if new is not None and accept is not None:

@@ -273,3 +273,20 @@ def test_an_import_into_a_module_with_none_goes_below_shebang_and_cookie(tmp_pat
     run(capsys, "--fix", str(target))
     assert target.read_text() == ("#!/usr/bin/env python\n# -*- coding: utf-8 -*-\nfrom scipy.special import logsumexp\n\n"
                                   "def g(s):\n    import numpy as np\n    return logsumexp(s)\n")
+
+
+def test_any_plan_at_any_node_gives_a_parsable_file_or_a_reason():
+    """Plans come from the checks, but also from a cache anyone could write:
+    whatever they say, the engine answers with a verified file or a reason."""
+    source = ROOT.joinpath("fixtures", "fixes", "STB102.py").read_text()
+    spans = sorted({(n.lineno, n.col_offset, n.end_lineno, n.end_col_offset)
+                    for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.expr, ast.stmt))})
+    rng = random.Random(7)
+    params = ["", ".log_softmax", "F.softplus", "method", "function", "comp", "via", "0", "3", "x(", "# c"]
+    for _ in range(150):
+        kind = rng.choice(sorted(fix_engine.RECIPES))
+        ops = (Op(kind, tuple(rng.choice(spans) for _ in range(rng.randint(1, 4))),
+                  tuple(rng.choice(params) for _ in range(rng.randint(0, 4)))),)
+        result = fix_engine.apply(source, [Fix("x", SAFE, ops, tuple(rng.sample(["numpy.exp", "a.b", "os"], 1)))])
+        assert result.applied or result.dropped
+        ast.parse(result.source)
