@@ -290,3 +290,16 @@ def test_any_plan_at_any_node_gives_a_parsable_file_or_a_reason():
         result = fix_engine.apply(source, [Fix("x", SAFE, ops, tuple(rng.sample(["numpy.exp", "a.b", "os"], 1)))])
         assert result.applied or result.dropped
         ast.parse(result.source)
+
+
+def test_a_full_disk_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    target = tmp_path / "m.py"
+    target.write_text(SOURCE)
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safe_write.os, "fsync", no_space)
+    why = safe_write.replace_if_unchanged(str(target), FIXED.encode(), safe_write.digest(SOURCE.encode()))
+    assert why == "cannot write it: No space left on device; left as it was"
+    assert target.read_text() == SOURCE and [p.name for p in tmp_path.iterdir()] == ["m.py"]
