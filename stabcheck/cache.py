@@ -274,13 +274,25 @@ def _diagnostics_from_json(path: str, items) -> list[Diagnostic] | None:
             return None
         try:
             d = Diagnostic(path=path, **fields)
-            if d.fix is not None and not all(type(e.start) is type(e.end) is int and isinstance(e.content, str)
-                                             for e in d.fix.edits):
+            if d.fix is not None and not _valid_fix(d.fix):
                 return None
         except (TypeError, ValueError):
             return None
         out.append(d)
     return out
+
+
+def _valid_fix(fix) -> bool:
+    """A fix read back has the types `fixes.Fix` holds (it is recomputed before
+    anything is written; this keeps a malformed entry from crashing a report)."""
+    def strings(items) -> bool:
+        return all(isinstance(i, str) for i in items)
+
+    return isinstance(fix.title, str) and isinstance(fix.applicability, str) and strings(fix.imports) and all(
+        isinstance(op.kind, str) and strings(op.params)
+        and all(all(type(v) is int for v in span) for span in op.spans)
+        for op in fix.ops
+    )
 
 
 def _summary_from_json(value):

@@ -107,7 +107,7 @@ def run_check(args) -> int:
         from stabcheck.autofix import fix_files
 
         before = len(diags)
-        diags, fixed = fix_files(diags, jobs, args.unsafe_fixes, args.diff, sys.stdout)
+        diags, fixed = fix_files(diags, jobs, args.unsafe_fixes, args.diff, sys.stdout, _roots(paths))
         if args.diff:
             sys.stdout.flush()
             print(f"Would fix {fixed} problem{'s' * (fixed != 1)} ({before} found).", file=sys.stderr)
@@ -222,3 +222,8 @@ def run_rules() -> int:
     for rule in RULES.values():
         print(f"{rule.code}  {rule.slug:<{width}}  {rule.summary}")
     return EXIT_CLEAN
+
+
+def _roots(paths: list[str]) -> list[str]:
+    """The checked tree, as real paths: `--fix` writes nothing outside it."""
+    return [os.path.realpath(p if os.path.isdir(p) else os.path.dirname(p) or ".") for p in paths]

@@ -1,9 +1,12 @@
-"""Autofixes: range edits on the source text, as ruff applies them.
+"""Autofixes as plans: what to rewrite, located by position.
 
-A check builds a `Fix` from the nodes it saw, through a `FixContext` that
-knows the text and the module's import aliases (so a fix says `F.softplus`
-where the user imported `torch.nn.functional as F`, and adds an import only
-when nothing usable is imported).
+Detection stays on `ast` (fast); a check that sees a fixable shape records a
+`Fix`: ops naming a rewrite recipe (fix_engine.RECIPES), the positions of the
+nodes it rewrites and reads, and the spellings the module's imports allow
+(`F.softplus` where the user imported `torch.nn.functional as F`). Only the
+files that get fixed are parsed with libcst, where each op becomes a
+transformation of the concrete tree (fix_engine.py), so parentheses,
+comments and import placement are right by construction.
 """
 
 from __future__ import annotations
@@ -16,27 +19,38 @@ from stabcheck.values import Qual
 
 SAFE, UNSAFE = "safe", "unsafe"
 
+# (row, col, end_row, end_col): 1-based rows, 0-based character columns, as
+# libcst's PositionProvider counts them (parentheses excluded, as in `ast`).
+Span = tuple[int, int, int, int]
+
 
 # Named tuples: they pickle to worker processes and serialise to the JSON
 # cache as plain lists (`Fix.load` turns them back).
-class Edit(NamedTuple):
-    start: int  # character offsets [start, end) in the source
-    end: int
-    content: str
+class Op(NamedTuple):
+    kind: str  # a recipe of fix_engine.RECIPES
+    spans: tuple[Span, ...]  # the node it rewrites first, then nodes it reads
+    params: tuple[str, ...] = ()
 
 
 class Fix(NamedTuple):
     title: str
     applicability: str  # SAFE or UNSAFE
-    edits: tuple[Edit, ...]
+    ops: tuple[Op, ...]
+    imports: tuple[str, ...] = ()  # qualified names to import (`scipy.special.log_softmax`)
 
     @classmethod
     def load(cls, data) -> "Fix":
-        title, applicability, edits = data
-        return cls(title, applicability, tuple(Edit(*e) for e in edits))
+        title, applicability, ops, imports = data
+        return cls(title, applicability,
+                   tuple(Op(k, tuple(tuple(s) for s in spans), tuple(p)) for k, spans, p in ops), tuple(imports))
 
 
-_ATOMIC = (ast.Name, ast.Attribute, ast.Call, ast.Subscript, ast.Constant)
+class Edit(NamedTuple):
+    """A change of the source text, as JSON output shows a fix."""
+
+    start: int  # character offsets [start, end) in the source
+    end: int
+    content: str
 
 
 class FixContext:
@@ -44,27 +58,27 @@ class FixContext:
         self.smap = smap
         self.tree = tree
         self.scope = scope  # the walker's module scope: name -> value (set once the walker exists)
+        self._parents: dict[int, ast.AST] | None = None
+        self._names: set[str] | None = None
 
-    def text(self, node: ast.AST) -> str:
-        return self.smap.text(node)
+    def span(self, node: ast.AST) -> Span:
+        row, col, end_row, end_col = self.smap.span(node)
+        return row, col - 1, end_row, end_col - 1
 
-    def paren(self, node: ast.AST) -> str:
-        text = self.text(node)
-        return text if isinstance(node, _ATOMIC) else f"({text})"
+    def op(self, kind: str, *nodes: ast.AST, params: tuple[str, ...] = ()) -> Op:
+        return Op(kind, tuple(self.span(n) for n in nodes), params)
 
-    def replace(self, node: ast.AST, content: str) -> Edit:
-        start, end = self.smap.offsets(node)
-        return Edit(start, end, content)
+    def parent(self, node: ast.AST) -> ast.AST | None:
+        """The node's parent (the map is built on first use: only fixes that
+        look around a node pay for it)."""
+        if self._parents is None:
+            self._parents = {id(c): p for p in ast.walk(self.tree) for c in ast.iter_child_nodes(p)}
+        return self._parents.get(id(node))
 
-    def call_args(self, call: ast.Call, skip: int = 0) -> list[str]:
-        """Source text of a call's arguments, positional ones from `skip` on."""
-        out = [self.text(a) for a in call.args[skip:]]
-        out += [self.text(kw) for kw in call.keywords]
-        return out
-
-    def spell(self, qualname: str) -> tuple[str, tuple[Edit, ...]]:
+    def spell(self, qualname: str) -> tuple[str, tuple[str, ...]]:
         """How to write `qualname` here: through an existing import if one
-        covers it (`F.softplus`), else a new `from module import name`."""
+        covers it (`F.softplus`), else a new `from module import name`.
+        ("", ()) when the name is taken by something else."""
         bound = {v.name: k for k, v in self.scope.vars.items() if isinstance(v, Qual) and "." not in k}
         parts = qualname.split(".")
         for i in range(len(parts) - 1, 0, -1):
@@ -73,50 +87,23 @@ class FixContext:
                 return ".".join([bound[prefix], *parts[i:]]), ()
         if qualname in bound:
             return bound[qualname], ()
-        module, _, name = qualname.rpartition(".")
-        if name in self.scope.vars:
-            return "", ()  # the name is taken by something else: no safe spelling
-        return name, (self._import_edit(f"from {module} import {name}"),)
+        name = parts[-1]
+        if name in self.scope.vars or name in self._taken():
+            return "", ()
+        return name, (qualname,)
 
-    def _import_edit(self, statement: str) -> Edit:
-        """Insert an import after the module's last top-level import (or its
-        docstring)."""
-        anchor = None
-        for stmt in self.tree.body:
-            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-                anchor = stmt
-            elif anchor is None and isinstance(stmt, ast.Expr) and isinstance(getattr(stmt, "value", None), ast.Constant) and isinstance(stmt.value.value, str):
-                anchor = stmt
-            elif anchor is not None:
-                break
-        if anchor is None:
-            return Edit(0, 0, statement + "\n")
-        _, end = self.smap.offsets(anchor)
-        return Edit(end, end, "\n" + statement)
-
-
-def select(fixes: list[Fix]) -> list[Fix]:
-    """The fixes that can be applied together: in order of position, each
-    one whose edits overlap no edit already chosen. The others wait for the
-    next pass."""
-    taken: list[tuple[int, int]] = []
-    chosen: list[Fix] = []
-    for fix in sorted(fixes, key=lambda f: min(e.start for e in f.edits)):
-        if any(e.start < te and ts < e.end or e.start == ts for e in fix.edits for ts, te in taken):
-            continue
-        taken.extend((e.start, e.end) for e in fix.edits)
-        chosen.append(fix)
-    return chosen
-
-
-def apply_edits(source: str, edits) -> str:
-    out = source
-    for edit in sorted(edits, key=lambda e: (e.start, e.end), reverse=True):
-        out = out[: edit.start] + edit.content + out[edit.end :]
-    return out
-
-
-def apply(source: str, fixes: list[Fix]) -> tuple[str, int]:
-    """Apply what `select` allows; return the new text and how many fixes."""
-    chosen = select(fixes)
-    return apply_edits(source, [e for fix in chosen for e in fix.edits]), len(chosen)
+    def _taken(self) -> set[str]:
+        """Every name the module binds or reads anywhere (a new import must
+        not be shadowed by a local `softmax = ...`)."""
+        if self._names is None:
+            self._names = set()
+            for node in ast.walk(self.tree):
+                if isinstance(node, ast.Name):
+                    self._names.add(node.id)
+                elif isinstance(node, ast.arg):
+                    self._names.add(node.arg)
+                elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    self._names.add(node.name)
+                elif isinstance(node, ast.alias):
+                    self._names.add((node.asname or node.name).partition(".")[0])
+        return self._names

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import bisect
 import dataclasses
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -184,56 +185,134 @@ def check_notebook(data: bytes, path: str, codes: frozenset[str], package: str |
         cell, row = nb.locate(d.row)
         end_row = max(d.end_row - (d.row - row), row)
         message = _LINE_REF.sub(cell_line, d.message)  # " (made at line 12)" names a row of the joined source
-        # Fix offsets stay in the joined text: `apply_fixes` maps them to cells.
+        # Fix spans stay in the joined text: `--fix` rewrites it and `rewrite` maps the change to cells.
         out.append(dataclasses.replace(d, message=message, cell=cell, row=row, end_row=end_row))
     return out
 
 
-def apply_fixes(data: bytes, fix_list) -> tuple[bytes, int]:
-    """Apply fixes (offsets in the joined code, as `check_notebook` reports
-    them) to the cells of a notebook file; return the new file and how many
-    fixes went in. A fix whose edits touch a masked line is left out."""
-    from stabcheck.fixes import Edit, apply_edits, select
-    from stabcheck.source import SourceMap
+def _cell_hunks(nb: Notebook, cells: list, new_source: str) -> dict[int, list]:
+    """The changes from `nb.source` to `new_source`, per cell: {cell: [(start,
+    end, new lines)]}, 0-based line indexes within the cell. Raises
+    NotebookError for a change that spans cells or touches a masked line."""
+    old = nb.source.split("\n")[:-1]
+    new = new_source.split("\n")
+    if new and new[-1] == "":
+        new.pop()
+    out: dict[int, list] = {}
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        # Joined row r is old[r - 1]; an insertion belongs to the cell of the line above it.
+        rows = range(i1 + 1, i2 + 1) if i2 > i1 else [max(i1, 1)]
+        where = {nb.locate(r)[0] for r in rows}
+        if len(where) != 1:
+            raise NotebookError("a fix would span two cells")
+        cell = where.pop()
+        first = nb.starts[nb.cells.index(cell)]
+        lines = _LINES.split(_cell_text(cells[cell - 1], cell))
+        for r in range(i1 + 1, i2 + 1):
+            if r - first >= len(lines) or lines[r - first] != old[r - 1]:
+                raise NotebookError("a fix would touch a line with IPython syntax")
+        added = new[j1:j2]
+        index = nb.cells.index(cell)
+        end = nb.starts[index + 1] if index + 1 < len(nb.cells) else len(old) + 1
+        if i1 == i2 and i1 + 1 == end:  # appended to the cell: the cell boundary already separates
+            while added and not added[-1].strip():
+                added.pop()
+            if not added:
+                continue
+        out.setdefault(cell, []).append((i1 + 1 - first, i2 + 1 - first, added))
+    return out
 
+
+def rewrite(data: bytes, new_source: str) -> bytes:
+    """The notebook file with its code cells changed to match the joined code
+    `new_source`: only the changed cells' `source` values are rewritten in
+    the file's text (unchanged lines keep their exact JSON spelling); every
+    other byte stays as it was. Raises NotebookError."""
     text, doc = _load(data)
     nb = parse(data)
-    joined = SourceMap(nb.source)
-    joined_lines = joined.lines
     cells = doc["cells"]
-    originals = {k: _cell_text(cells[k - 1], k) for k in nb.cells}
-
-    def to_cell(offset: int):
-        row, col = joined.position(offset)
-        cell, cell_row = nb.locate(row)
-        lines = _LINES.split(originals[cell])
-        if cell_row > len(lines) or lines[cell_row - 1] != joined_lines[row - 1]:
-            return None  # a masked line
-        start = sum(len(line) + 1 for line in lines[: cell_row - 1])
-        return cell, start + col - 1
-
-    local = {}
-    for fix in fix_list:
-        mapped = []
-        for e in fix.edits:
-            a, b = to_cell(e.start), to_cell(e.end if e.end > e.start else e.start)
-            if a is None or b is None or a[0] != b[0]:
-                break
-            mapped.append((a[0], Edit(a[1], b[1], e.content)))
+    hunks = _cell_hunks(nb, cells, new_source)
+    spans = _source_spans(text)
+    ascii_only = text.isascii()
+    pieces = []
+    for cell, changes in hunks.items():
+        if cell not in spans:
+            raise NotebookError(f"cell {cell}: cannot find its source in the file")
+        lines = _LINES.split(_cell_text(cells[cell - 1], cell))
+        for start, end, new_lines in sorted(changes, reverse=True):
+            lines[start:end] = new_lines
+        new_text = "\n".join(lines)
+        start, end, elements = spans[cell]
+        if elements is None:
+            raw = json.dumps(new_text, ensure_ascii=ascii_only)
         else:
-            local[fix] = mapped
-    chosen = select(list(local))
-    by_cell: dict[int, list] = {}
-    for fix in chosen:
-        for cell, e in local[fix]:
-            by_cell.setdefault(cell, []).append(e)
-    for cell, edits in by_cell.items():
-        new = apply_edits(originals[cell], edits)
-        old = cells[cell - 1].get("source")
-        cells[cell - 1]["source"] = new.splitlines(keepends=True) if isinstance(old, list) else new
-    indent = re.match(r"\{\r?\n( *)", text)
-    out = json.dumps(doc, indent=len(indent.group(1)) if indent else 1, ensure_ascii=False) + "\n"
-    return out.encode("utf-8"), len(chosen)
+            raw = _list_literal(text, start, end, elements, new_text.splitlines(keepends=True), ascii_only)
+        pieces.append((start, end, raw))
+    for start, end, raw in sorted(pieces, reverse=True):
+        text = text[:start] + raw + text[end:]
+    bom = b"\xef\xbb\xbf" if data.startswith(b"\xef\xbb\xbf") else b""
+    return bom + text.encode("utf-8")
+
+
+def _list_literal(text: str, start: int, end: int, elements: list, new: list[str], ascii_only: bool) -> str:
+    """A JSON list of `new` laid out as the list at text[start:end] was, with
+    the unchanged elements spelled exactly as before."""
+    old = [json.loads(text[a:b]) for a, b in elements]
+    raws = [text[a:b] for a, b in elements]
+    if elements:
+        opening, closing = text[start + 1:elements[0][0]], text[elements[-1][1]:end - 1]
+        sep = text[elements[0][1]:elements[1][0]] if len(elements) > 1 else "," + opening
+    else:
+        opening, closing, sep = "", "", ", "
+    out = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        out.extend(raws[i1:i2] if tag == "equal" else (json.dumps(s, ensure_ascii=ascii_only) for s in new[j1:j2]))
+    if not out:
+        return "[]"
+    return "[" + opening + sep.join(out) + closing + "]"
+
+
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _items(text: str, i: int, keyed: bool):
+    """(key, start, end) of each member of the JSON object or array at text[i]."""
+    i = _WS.match(text, i + 1).end()
+    if text[i] in "]}":
+        return
+    while True:
+        key = None
+        if keyed:
+            key, i = json.decoder.scanstring(text, i + 1)
+            i = _WS.match(text, i).end() + 1  # the colon
+            i = _WS.match(text, i).end()
+        _, end = _DECODER.raw_decode(text, i)
+        yield key, i, end
+        i = _WS.match(text, end).end()
+        if text[i] != ",":
+            return
+        i = _WS.match(text, i + 1).end()
+
+
+def _source_spans(text: str) -> dict[int, tuple]:
+    """For each cell (1-based): (start, end) of its `source` value in the
+    file's text, and the spans of its elements when it is a list."""
+    out: dict[int, tuple] = {}
+    top = _WS.match(text).end()
+    for key, a, _ in _items(text, top, True):
+        if key != "cells" or text[a] != "[":
+            continue
+        for index, (_, ca, _) in enumerate(_items(text, a, False), start=1):
+            if text[ca] != "{":
+                continue
+            for k, sa, sb in _items(text, ca, True):
+                if k == "source":
+                    elements = [(ea, eb) for _, ea, eb in _items(text, sa, False)] if text[sa] == "[" else None
+                    out[index] = (sa, sb, elements)
+    return out
 
 
 def source_line_numbers(text: str) -> dict[int, int]:

@@ -54,6 +54,11 @@ class SourceMap:
         start, end = self.offsets(node)
         return self.source[start:end]
 
+    def offset(self, row: int, col0: int) -> int:
+        """Character offset of a 1-based row and 0-based character column."""
+        starts = self._line_starts()
+        return starts[min(max(row, 1), len(starts)) - 1] + col0
+
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (row, col) of a character offset."""
         starts = self._line_starts()

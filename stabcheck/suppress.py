@@ -88,5 +88,27 @@ def unused_noqa(source: str, fired: set[tuple[str, int]], codes: frozenset[str],
                 parts.append(f"unknown code{'s' * (len(unknown) > 1)} {', '.join(unknown)}")
             message = f"unused `noqa` directive: {'; '.join(parts)}; remove {'it' if len(unused) + len(unknown) == 1 else 'them'}"
             start, end = col0 + m.start() + 1, col0 + m.end() + 1
-            out.append(Diagnostic(UNUSED_NOQA.code, message, path, row, start, row, end))
+            fix = _noqa_fix(row, col0, comment, m, set(unused) | set(unknown))
+            out.append(Diagnostic(UNUSED_NOQA.code, message, path, row, start, row, end, fix=fix))
     return out
+
+
+def _noqa_fix(row: int, col0: int, comment: str, m: re.Match, drop: set[str]):
+    """Remove the unused codes from the directive, or the directive (and the
+    comment, when nothing else is in it) once none is left, as ruff's RUF100."""
+    from stabcheck.fixes import SAFE, Fix, Op
+
+    if len(_LINE.findall(comment)) != 1:
+        return None
+    codes = _SPLIT.split(m.group("codes").strip())
+    keep = [c for c in codes if c not in drop]
+    if keep:
+        new = comment[: m.start("codes")] + ", ".join(keep) + comment[m.end("codes"):]
+    else:
+        new = (comment[: m.start()].rstrip() + " " + comment[m.end():].strip()).strip()
+        if new and not new.startswith("#"):
+            new = "# " + new
+        if new.strip("# ") == "":
+            new = ""
+    span = (row, col0, row, col0 + len(comment))
+    return Fix("Remove unused noqa directive", SAFE, (Op("noqa", (span,), (comment, new)),))

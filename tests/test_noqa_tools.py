@@ -110,5 +110,5 @@ def test_unused_noqa_from_the_command_line(tmp_path, capsys):
     path = tmp_path / "m.py"
     path.write_text(HEAD + "a = 1  # noqa: STB001\n", encoding="utf-8")
     code, out, _ = run(capsys, str(path))
-    assert code == 1 and ":3:8: STB903 unused `noqa` directive: STB001 suppresses nothing" in out
+    assert code == 1 and ":3:8: STB903 [*] unused `noqa` directive: STB001 suppresses nothing" in out
     assert run(capsys, "--ignore", "STB903", str(path))[0] == 0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check
 from stabcheck.flow import const_value
 from stabcheck.flow.syntax import exp_operand
@@ -26,6 +27,7 @@ class NaiveSoftmax(Check):
                 node,
                 "hand-written softmax without subtracting the max: exp overflows for logits > ~88.7 in float32 "
                 "and inf / inf is NaN; use softmax (or subtract x.max() first)",
+                self.fix(fixers.naive_softmax, node, num_val, den_val.node, den_val.exp),
             )
         elif isinstance(den_val, OnePlusExp) and (const_value(num) == 1.0 or _scaled_sigmoid(num_val, den_val.exp)):
             # `1 / (1 + exp(-x))`, and scaled: `ymin + h / (1 + exp(-k * (x - x0)))`.
@@ -36,6 +38,7 @@ class NaiveSoftmax(Check):
                 node,
                 f"hand-written sigmoid {what} / (1 + exp(-x)): exp(-x) overflows for x < ~-88.7 in float32 and the "
                 "gradient becomes inf / inf = NaN; use sigmoid",
+                self.fix(fixers.naive_sigmoid, node, den_val.exp) if what == "1" else None,
                 opt_in=not self.facts.differentiable(den_val.exp.qual),
             )
 

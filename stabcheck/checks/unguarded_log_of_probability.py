@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from stabcheck import names as N
+from stabcheck.checks import fixers
 from stabcheck.checks.base import Check, describe, origin
 from stabcheck.checks.log_of_softmax import is_direct_softmax
 from stabcheck.flow import base_key, const_value
@@ -37,6 +38,7 @@ class UnguardedLogOfProbability(Check):
             node,
             f"unguarded log of {describe(x_val)}{origin(x_val, node)}: -inf and a NaN gradient "
             f"once the probability reaches exactly {edge}; {_fix(x_val)}",
+            self.fix(fixers.log_of_probability, node, x_node, x_val),
         )
 
     def on_mult(self, node, left, right, lval, rval):

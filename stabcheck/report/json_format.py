@@ -31,14 +31,20 @@ def to_dict(d: Diagnostic, code: CheckedCode | None = None) -> dict:
 
 
 def _fix(d: Diagnostic, code: CheckedCode) -> dict | None:
-    """ruff's shape: applicability, message, and edits with 1-based positions."""
+    """ruff's shape: applicability, message, and edits with 1-based positions
+    (the difference the fix makes to the code as it was checked)."""
     checked = code.get(d.path) if d.fix is not None else None
     if checked is None:
         return None
+    from stabcheck import fix_engine  # libcst: only when a fix is shown
+
     smap, nb = checked
     locate = nb.locate if nb is not None else None  # offsets are in the notebook's joined code cells
+    found = fix_engine.edits(smap.source, d.fix)
+    if found is None:
+        return None
     edits = []
-    for e in d.fix.edits:
+    for e in found:
         (row, col), (end_row, end_col) = smap.position(e.start), smap.position(e.end)
         item = {"content": e.content}
         if locate is not None:
