@@ -41,6 +41,10 @@ FORWARD: dict[str, tuple[str | None, str]] = {
     "_softmax": ("STB005", "softmax of a row that is entirely -inf (a fully masked row) gives NaN: keep at least one "
                            "unmasked position or use a large finite negative instead of -inf"),
     "_log_softmax": (None, "log_softmax of a row that is entirely -inf gives NaN: keep at least one unmasked position"),
+    "_to_copy": (None, "a cast to float16 overflowed (float16 holds at most 65504; bfloat16 has float32's range): "
+                       "keep this value in float32, scale it down before the cast, or use bfloat16"),
+    "copy": (None, "a copy into a float16 tensor overflowed (float16 holds at most 65504): keep the destination "
+                   "float32, scale the value down, or use bfloat16"),
 }
 
 # forward op whose backward produced the value -> (rule, hint)

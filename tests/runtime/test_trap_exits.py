@@ -1,0 +1,96 @@
+"""Faults whose value leaves the computation other than through an nn loss and an optimizer step:
+read back to the host, left in .grad by a backward() with no optimizer, refused by a loss, made by
+hand-written code on raw tensors, in one micro-batch of an accumulation, in a custom backward, or in
+an evaluation loop. Each fixture is a script of that shape, run in-process under `stabcheck.trap()`
+(no interpreter start per case), in default and per-op modes."""
+
+from __future__ import annotations
+
+import runpy
+
+import pytest
+from runtime_helpers import FIXTURES, line_of, stabcheck_run
+
+torch = pytest.importorskip("torch")
+
+import stabcheck  # noqa: E402
+from stabcheck.runtime import NonFiniteError  # noqa: E402
+
+# fixture -> expected report fields (the location is the `# FAULT` line of the fixture)
+FAULTS = {
+    "manual_sgd_sqrt.py": dict(op="aten.div.Tensor", phase="backward", kind="-inf", rule="STB202", at="gradient",
+                               step=2, mode="training", forward="sqrt", function="<module>"),
+    "printed_direction.py": dict(op="aten.div.Tensor", phase="forward", kind="nan", rule="STB201", at="read",
+                                 step=0, mode=None, function="direction"),
+    "grad_accumulation_penalty.py": dict(op="aten.div.Tensor", phase="backward", kind="-inf", rule="STB202",
+                                         at="optimizer", step=1, mode="training", forward="sqrt"),
+    "custom_backward.py": dict(op="aten.div.Tensor", phase="backward", kind="-inf", rule="STB201", at="optimizer",
+                               step=1, mode="training", function="backward"),
+    "bce_minmax.py": dict(op="aten.div.Tensor", phase="forward", kind="nan", rule="STB201", at="loss", step=1,
+                          mode="training"),
+    "eval_relative_error.py": dict(op="aten.div.Tensor", phase="forward", kind="+inf", rule="STB201", at="read",
+                                   step=3, mode="evaluation"),
+}
+MODES = {"default": False, "per-op": True}
+
+
+def _run(name: str, per_op: bool):
+    """The report of the fixture run under the trap (None if it stayed silent) and the trap's incidents."""
+    try:
+        with stabcheck.trap(quiet=True, per_op=per_op) as trap:
+            runpy.run_path(str(FIXTURES / name), run_name="__main__")
+    except NonFiniteError as exc:
+        return exc.report.to_dict(), 1
+    return None, trap.incidents
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return {(name, mode): _run(name, per_op)[0] for name in FAULTS for mode, per_op in MODES.items()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", FAULTS)
+def test_fault_is_localized(reports, name, mode):
+    want = FAULTS[name]
+    report = reports[(name, mode)]
+    assert report is not None, f"{name} ran to the end unreported"
+    path = FIXTURES / name
+    assert (report["op"], report["phase"], report["kind"], report["rule"]) == (
+        want["op"], want["phase"], want["kind"], want["rule"])
+    assert report["location"]["filename"] == str(path)
+    assert report["location"]["line"] == line_of(path, "# FAULT")
+    assert report["step"] == want["step"] and report["mode"] == want["mode"]
+    assert report["localized"] == "replay"
+    if mode == "default":  # per-op flags may see the value first; the producer is the same
+        assert report["detected"]["at"] == want["at"]
+    if "forward" in want:
+        assert report["forward"]["op"] == want["forward"]
+    if "function" in want:
+        assert report["location"]["function"] == want["function"]
+    assert report["hint"]
+
+
+def test_messages_name_what_the_user_wrote(reports):
+    assert reports[("manual_sgd_sqrt.py", "default")]["detected"]["message"] == \
+        "the gradient of w is nan after backward()"
+    assert reports[("custom_backward.py", "default")]["detected"]["message"].startswith("the gradient of scale is")
+    assert "refused its input (all elements of input should be between 0 and 1)" in \
+        reports[("bce_minmax.py", "default")]["detected"]["message"]
+    assert reports[("printed_direction.py", "default")]["detected"]["message"] == "a tensor printed holds nan"
+
+
+@pytest.mark.parametrize("per_op", [False, True])
+def test_healthy_readbacks_sentinels_and_manual_training_stay_silent(per_op):
+    report, incidents = _run("healthy_readbacks.py", per_op)
+    assert report is None and incidents == 0
+
+
+def test_read_back_under_stabcheck_run(tmp_path):
+    """End to end: the read-back patch is in place under `stabcheck run`, and the panel says evaluation."""
+    path = FIXTURES / "eval_relative_error.py"
+    result = stabcheck_run(path, tmp_path=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "(evaluation after step 3)" in result.stderr and "Traceback" not in result.stderr
+    assert result.report["mode"] == "evaluation"
+    assert result.report["location"]["line"] == line_of(path, "# FAULT")
