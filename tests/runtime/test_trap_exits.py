@@ -6,8 +6,10 @@ an evaluation loop. Each fixture is a script of that shape, run in-process under
 
 from __future__ import annotations
 
+import io
 import runpy
 
+import numpy as np
 import pytest
 from runtime_helpers import FIXTURES, line_of, stabcheck_run
 
@@ -15,6 +17,8 @@ torch = pytest.importorskip("torch")
 
 import stabcheck  # noqa: E402
 from stabcheck.runtime import NonFiniteError  # noqa: E402
+from stabcheck.runtime.divergence import diagnose  # noqa: E402
+from stabcheck.runtime.report import TrapReport, render  # noqa: E402
 
 # fixture -> expected report fields (the location is the `# FAULT` line of the fixture)
 FAULTS = {
@@ -30,6 +34,8 @@ FAULTS = {
                           mode="training"),
     "eval_relative_error.py": dict(op="aten.div.Tensor", phase="forward", kind="+inf", rule="STB201", at="read",
                                    step=3, mode="evaluation"),
+    "fp16_cast_overflow.py": dict(op="aten._to_copy.default", phase="forward", kind="+inf", rule=None,
+                                  at="backward", step=2, mode="training"),
 }
 MODES = {"default": False, "per-op": True}
 
@@ -69,6 +75,8 @@ def test_fault_is_localized(reports, name, mode):
     if "function" in want:
         assert report["location"]["function"] == want["function"]
     assert report["hint"]
+    if name.startswith("fp16"):
+        assert "float16" in report["hint"]
 
 
 def test_messages_name_what_the_user_wrote(reports):
@@ -94,3 +102,44 @@ def test_read_back_under_stabcheck_run(tmp_path):
     assert "(evaluation after step 3)" in result.stderr and "Traceback" not in result.stderr
     assert result.report["mode"] == "evaluation"
     assert result.report["location"]["line"] == line_of(path, "# FAULT")
+
+
+def test_divergence_is_diagnosed_with_its_history():
+    report, _ = _run("diverging_regression.py", False)
+    assert (report["op"], report["kind"]) == ("aten.mse_loss.default", "+inf")
+    div = report["divergence"]
+    assert div["lr"] == 0.2 and div["growth"] > 1e20
+    losses = [v for v in div["loss"] if isinstance(v, float)]
+    assert len(losses) >= 20 and losses == sorted(losses)  # the loss grew every step
+    assert len(div["steps"]) == len(div["loss"]) == len(div["grad_norm"])
+    assert any(isinstance(v, float) for v in div["grad_norm"])  # norms every few steps
+    assert "the run diverged" in report["hint"] and "learning rate 0.2" in report["hint"]
+    stream = io.StringIO()
+    fields = {k: v for k, v in report.items() if k in TrapReport.__dataclass_fields__}
+    fields["location"] = None
+    render(TrapReport(**fields), stream)
+    panel = stream.getvalue()
+    assert "the run diverged" in panel and "▁" in panel and "█" in panel
+
+
+def test_healthy_training_has_no_divergence():
+    """A loss that falls is not a divergence, nor is a short history."""
+    assert diagnose(list(range(8)), [5.0, 3.0, 2.0, 1.5, 1.2, 1.1, 1.0, float("nan")], [None] * 8, [None] * 8,
+                    [0.1]) is None
+    assert diagnose([0, 1, 2], [1.0, 1e9, float("inf")], [None] * 3, [None] * 3, [0.1]) is None  # too short
+
+
+def test_numpy_log_of_zero_is_reported():
+    path = FIXTURES / "numpy_logistic.py"
+    report, _ = _run("numpy_logistic.py", False)
+    assert report["framework"] == "numpy"
+    assert (report["op"], report["kind"], report["rule"]) == ("numpy.log", "-inf", "STB002")
+    assert report["location"]["line"] == line_of(path, "# FAULT") and report["step"] is None
+    assert np.geterr()["divide"] == "warn"  # NumPy's own settings are back
+
+
+def test_numpy_errors_silenced_by_the_program_stay_silent():
+    with stabcheck.trap(quiet=True):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.log(np.zeros(2))
+        np.float64(0.0) ** 2
