@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +23,12 @@ from tensorflow.python.framework import op_callbacks
 from tensorflow.python.util import nest
 
 from stabcheck.runtime.incident import Finding
+from stabcheck.runtime import numerics
 from stabcheck.runtime.numerics import kind_of_array, producer_kind
 from stabcheck.runtime.report import Location
 from stabcheck.runtime.tf_support import ORIG_GRADIENT as _ORIG_GRADIENT
 from stabcheck.runtime.tf_support import (INF_WRITERS, NOT_PRODUCERS, as_np, is_float, is_internal, neutral,
-                                          tensor_stats, to_location)
+                                          tensor_stats, tf_variable, to_location, user_where)
 
 
 
@@ -63,6 +65,18 @@ def scan(records, localized: str) -> Finding | None:
                     and i.dtype != tf.resource]
         return Finding(phase, op_type, kind, location, module, forward, inputs=stats_in,
                        outputs=[tensor_stats(o) for o in outs], localized=localized)
+    return None
+
+
+def data_in(records) -> Finding | None:
+    """Eager code: a value no recorded op produced (data, not a variable) that already holds NaN."""
+    produced: set = set()
+    for op_type, inputs, outputs, where, phase, _extra, _attrs in records:
+        for t in inputs:
+            if id(t) not in produced and is_float(t) and hasattr(t, "numpy") and np.isnan(as_np(t)).any():
+                return Finding("input", None, "nan", to_location(where), inputs=[tensor_stats(t)],
+                               localized="per-op")
+        produced.update(id(o) for o in outputs)
     return None
 
 
@@ -127,7 +141,7 @@ class Localizer:
             with backprop.GradientTape(persistent=True) as tape:
                 for v in nest.flatten(sources):
                     if v is not None:
-                        tape.watch(v)
+                        tape.watch(tf_variable(v) or v)  # a Keras 3 variable wraps the tf.Variable
                 for op_type, inputs, outputs, where, phase, _extra, attrs in records:
                     if phase != "forward":
                         continue
@@ -165,23 +179,35 @@ class Localizer:
         where = site.where
         python_fn = getattr(fn, "python_function", None)
         code = getattr(python_fn, "__code__", None)
-        scope = f" in {fn.__name__}()" if code is not None and not is_internal(code.co_filename) else ""
+        users = code is not None and not is_internal(code.co_filename)
         checked = stash.checked
         if checked and not np.isfinite(checked[0]).all():
-            at, message = "loss", f"the loss passed to GradientTape.gradient(){scope} is {kind_of_array(checked[0])}"
+            # under fit the user never called GradientTape.gradient(): name what they did call
+            what = f"the loss passed to GradientTape.gradient() in {fn.__name__}()" if users else \
+                "the loss of the training step (model.fit / train_on_batch)"
+            at, message = "loss", f"{what} is {kind_of_array(checked[0])}"
         else:
-            at, message = "backward", f"the gradients computed{scope} are {stash.kind}"
+            at, message = "backward", f"the gradients computed{f' in {fn.__name__}()' if users else ''} are {stash.kind}"
         detected = {"at": at, "message": message,
                     "location": dict(zip(("filename", "line", "function"), where)) if where else None}
-        finding = None
+        finding = self._data_finding(stash, user_where(sys._getframe(1)))
         replayable = site.replayable and site.function is not None and site.function() is not None
-        if replayable:
+        if finding is None and replayable:
             self.busy += 1
             try:
                 finding = self._replay(stash)
             finally:
                 self.busy -= 1
         self.trip(detected, finding, "replay" if replayable else None)
+
+    @staticmethod
+    def _data_finding(stash: Stash, where) -> Finding | None:
+        """The batch the step was fed already holds NaN/Inf: the data, not an op, is the cause."""
+        for a in stash.args:
+            if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+                stats = numerics.array_stats(a, a.dtype.name, "cpu")
+                return Finding("input", None, kind_of_array(a), to_location(where), inputs=[stats], localized="replay")
+        return None
 
     def _replay(self, stash: Stash) -> Finding | None:
         site = stash.site

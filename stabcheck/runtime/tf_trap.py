@@ -36,6 +36,7 @@ Shared helpers (frames, tensor statistics, op tables) live in tf_support.py.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import weakref
 
@@ -50,7 +51,7 @@ from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.numerics import kind_of_array
 from stabcheck.runtime.report import TrapReport
-from stabcheck.runtime.tf_localize import Localizer, Site, Stash, scan, signature_of
+from stabcheck.runtime.tf_localize import Localizer, Site, Stash, data_in, scan, signature_of
 from stabcheck.runtime.tf_support import (ORIG_GRADIENT as _ORIG_GRADIENT, all_finite_np, as_np, clear_traces,
                                           float_leaves, keras_module, loss_scaled, neutral, pass_through,
                                           reset_library_dirs, sum32, tf_variable, user_where, user_where_traced)
@@ -251,7 +252,7 @@ class TFTrap(Localizer, IncidentSink):
         where = user_where(frame)
         detected = self._detected(target, grads, sources, where)
         records, self.records = self.records, []
-        finding = scan(records, "per-op") if not self.overflowed else None
+        finding = data_in(records) or (scan(records, "per-op") if not self.overflowed else None)
         if finding is None and records and not self.overflowed:
             self.busy += 1
             try:
@@ -363,6 +364,7 @@ class TFTrap(Localizer, IncidentSink):
         try:
             result = _ORIG_FN_CALL(fn, *args, **kwargs)
         except tf.errors.OpError:
+            _stderr_back()
             del self.tracing[depth:]
             stash, self.stash = self.stash, None
             if stash is None:
@@ -370,6 +372,7 @@ class TFTrap(Localizer, IncidentSink):
             self.incident(stash, fn)  # raises NonFiniteError unless --action warn
             raise
         finally:
+            _stderr_back()
             del self.tracing[depth:]
         if fn.experimental_get_tracing_count() != before:
             self.traced_here.add(fn)
@@ -434,8 +437,33 @@ def _on_nonfinite(index: int, values) -> bool:
     if trap.stash is None:
         trap.stash = Stash(site, checked, args, snapshot, kind)
     if trap.config.action == "stop":
+        _stderr_off()  # TensorFlow logs the aborting error (a page of C++ log): not the user's concern
         raise FloatingPointError("stabcheck: non-finite loss or gradients; the step is stopped before the update")
     return False
+
+
+_saved_stderr: int | None = None  # fd 2 while TensorFlow's log of an aborted step goes to /dev/null
+
+
+def _stderr_off() -> None:
+    global _saved_stderr
+    if _saved_stderr is None:
+        try:
+            sys.stderr.flush()
+            _saved_stderr = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            _saved_stderr = None
+
+
+def _stderr_back() -> None:
+    global _saved_stderr
+    if _saved_stderr is not None:
+        saved, _saved_stderr = _saved_stderr, None
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # ---------------------------------------------------------------------------
