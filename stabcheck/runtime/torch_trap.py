@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import collections
 import sys
+import threading
 
 import torch
 from torch.overrides import _get_current_function_mode
 
 from stabcheck.runtime import divergence, hints, readback
-from stabcheck.runtime.config import TrapConfig
+from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
 from stabcheck.runtime.torch_detect import Detector, FlagMode
@@ -65,7 +66,9 @@ def _leaves(roots) -> list:
 
 def _module_call(self, *args, **kwargs):
     trap = _ACTIVE
-    if trap is None:
+    if trap is None or threading.get_ident() != trap.thread:
+        # the recording is the installing thread's (other training threads are checked at the
+        # optimizer step: they must not interleave with its module stack)
         return _ORIG_MODULE_CALL(self, *args, **kwargs)
     if trap.depth or trap.busy:
         if trap.track_modules:
@@ -101,7 +104,7 @@ def _function_apply(cls, *args, **kwargs):
     """A custom autograd.Function is recorded as one call (not as its forward's ops), so that a replay
     builds its node again and runs the user's backward()."""
     trap = _ACTIVE
-    if trap is None or trap.depth or trap.busy or not trap.window_open:
+    if trap is None or trap.depth or trap.busy or not trap.window_open or threading.get_ident() != trap.thread:
         return _ORIG_APPLY.__func__(cls, *args, **kwargs)
     trap.depth += 1
     try:
@@ -116,8 +119,9 @@ def _function_apply(cls, *args, **kwargs):
 
 def _autograd_backward(tensors, *args, **kwargs):
     trap = _ACTIVE
-    if trap is None or trap.busy:
+    if trap is None or trap.busy or threading.get_ident() != trap.thread:
         return _ORIG_BACKWARD(tensors, *args, **kwargs)
+    trap.raise_if_stopped()
     trap.before_backward(tensors, args[0] if args else kwargs.get("grad_tensors"))
     result = _ORIG_BACKWARD(tensors, *args, **kwargs)
     trap.after_backward(sys._getframe(1))
@@ -158,6 +162,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.installed = False
         self.last_checked = None
         self._found_inf: dict = {}
+        self._grads_ok = False  # the last fused gradient check found every gradient finite
         self.module_events = 0
         self.grad_events = 0
         self.scaled = False  # a GradScaler scaled this step's loss: inf in backward is its business
@@ -169,6 +174,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         if _ACTIVE is not None:
             raise RuntimeError("a stabcheck trap is already active")
         _ACTIVE = self
+        self.thread = threading.get_ident()
         torch.nn.Module.__call__ = _module_call
         torch.autograd.backward = _autograd_backward
         torch.autograd.Function.apply = _function_apply
@@ -255,7 +261,14 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             self.module_events = sum(1 for e in events if isinstance(e, ModuleEvent))
             self.grad_events = sum(1 for e in events if isinstance(e, ModuleEvent) and e.grad_enabled)
 
+    def raise_if_stopped(self) -> None:
+        """The trap stopped the run, the script caught NonFiniteError and trains on: stop it again."""
+        if self.stopped is not None and self.config.action == "stop":
+            raise NonFiniteError(f"stabcheck: the run was stopped ({self.stopped.headline()}) and is still "
+                                 "training (NonFiniteError caught, or another thread)", self.stopped)
+
     def top_level_call(self, module, args, kwargs):
+        self.raise_if_stopped()
         self.close_window()
         grad = torch.is_grad_enabled()
         if self.step_done or self.in_step or not (grad or self.grad_events):
@@ -362,15 +375,17 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             return
         self.close_window()
         detected = {"at": at, "message": message, "location": vars(location) if location else None}
-        self.busy += 1
-        try:
-            finding = self._localize(detected, optimizer, flag_record)
-        finally:
-            self.busy -= 1
-        if (finding is None and at == "op" and benign_key is not None and kind_hint in ("+inf", "-inf")
-                and self.events):
-            # a per-op flag saw an inf but an exact replay of the step found no producer: an intentional
-            # inf (e.g. a mask built before the trap was on) -- remember the op and line, stay silent
+        finding = None
+        if threading.get_ident() == self.thread:  # another thread must not replay the recording thread's step
+            self.busy += 1
+            try:
+                finding = self._localize(detected, optimizer, flag_record)
+            finally:
+                self.busy -= 1
+        if (at == "op" and benign_key is not None and kind_hint in ("+inf", "-inf") and self.events
+                and (finding is None or (finding.phase == "input" and finding.kind != "nan"))):
+            # a per-op flag saw an inf but an exact replay of the step found no producer, or only an input
+            # holding inf: an intentional inf (a mask built earlier) -- remember the op and line, stay silent
             self.benign.add(benign_key)
             return
         if finding is None and quiet_unless_localized:
@@ -409,7 +424,10 @@ class TorchTrap(Detector, Localizer, IncidentSink):
 
     def _mode(self) -> str | None:
         """"training" (a backward, a module called in train mode with grad on, or a value that requires
-        grad), "evaluation" (a program that trains, in a step that does none of that), else None."""
+        grad), "evaluation" (a program that trains, in a step that does none of that), else None (also
+        for a thread other than the recording one: its step is not recorded)."""
+        if threading.get_ident() != self.thread:
+            return None
         if self.roots or any(
                 e.module.training if isinstance(e, ModuleEvent) else any(t.requires_grad for t in float_tensors(e.output))
                 for e in self.events if e.grad_enabled):

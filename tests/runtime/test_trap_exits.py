@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import io
 import runpy
+import signal
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
-from runtime_helpers import FIXTURES, line_of
+from runtime_helpers import FIXTURES, line_of, stabcheck_run
+from script_runs import base_env
 
 torch = pytest.importorskip("torch")
 
@@ -89,8 +94,9 @@ def test_messages_name_what_the_user_wrote(reports):
 
 
 @pytest.mark.parametrize("per_op", [False, True])
-def test_healthy_readbacks_sentinels_and_manual_training_stay_silent(per_op):
-    report, incidents = _run("healthy_readbacks.py", per_op)
+@pytest.mark.parametrize("name", ["healthy_readbacks.py", "healthy_perop_masks.py"])
+def test_healthy_code_stays_silent(name, per_op):
+    report, incidents = _run(name, per_op)
     assert report is None and incidents == 0
 
 
@@ -146,3 +152,29 @@ def test_numpy_errors_silenced_by_the_program_stay_silent():
         with np.errstate(divide="ignore", invalid="ignore"):
             np.log(np.zeros(2))
         np.float64(0.0) ** 2
+
+
+def test_a_swallowed_trap_stops_every_later_step(capsys):
+    """The panel says "run stopped": a script that catches NonFiniteError does not train on."""
+    report, _ = _run("swallowed_trap.py", False)
+    assert report is None  # the script caught it
+    out = capsys.readouterr().out
+    assert out.count("caught NonFiniteError") == 4  # steps 1..4: each one stopped again
+
+
+def test_training_threads_do_not_race_the_trap(monkeypatch):
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_type))
+    report, _ = _run("training_threads.py", False)
+    assert errors and set(errors) == {NonFiniteError}  # every thread stopped, by the trap only
+    assert report is None  # the main thread finished its join()
+
+
+def test_keyboard_interrupt_exits_as_python_does(tmp_path):
+    """No framework imported: a quick interpreter. Python dies of SIGINT; so does `stabcheck run`."""
+    script = tmp_path / "interrupted.py"
+    script.write_text("raise KeyboardInterrupt\n")
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=base_env())
+    result = stabcheck_run(script, tmp_path=tmp_path)
+    assert plain.returncode == result.returncode == -signal.SIGINT
+    assert "KeyboardInterrupt" in result.stderr
