@@ -141,7 +141,8 @@ class Localizer:
             with backprop.GradientTape(persistent=True) as tape:
                 for v in nest.flatten(sources):
                     if v is not None:
-                        tape.watch(tf_variable(v) or v)  # a Keras 3 variable wraps the tf.Variable
+                        inner = tf_variable(v)  # a Keras 3 variable wraps the tf.Variable
+                        tape.watch(inner if inner is not None else v)
                 for op_type, inputs, outputs, where, phase, _extra, attrs in records:
                     if phase != "forward":
                         continue

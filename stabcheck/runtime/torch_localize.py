@@ -65,9 +65,7 @@ class CheckMode(TorchDispatchMode):
         # a cast to a narrower float type that overflows (float32 -> float16 above 65504) is a producer;
         # other copies only move an inf that is there on purpose
         narrowing = name in CASTS and any(torch.finfo(t.dtype).max > torch.finfo(bad[0].dtype).max for t in before)
-        # log of a 0/1 mask (log(tril(ones))) writes -inf on purpose: an additive attention mask
-        writer = (name in INF_WRITERS and not narrowing) or (name == "log" and len(before) == 1
-                                                            and bool(((before[0] == 0) | (before[0] == 1)).all()))
+        writer = (name in INF_WRITERS and not narrowing) or (name == "log" and len(before) == 1 and _is_mask(before[0]))
         kind = producer_kind(out_nan, in_nan, in_inf, bool(before), writer, lambda: kind_of(bad[0]))
         if kind is None:
             return out  # propagated, or an intentional inf (mask, fill, constant)
@@ -75,6 +73,21 @@ class CheckMode(TorchDispatchMode):
         raise _Found()
 
 
+
+
+def _is_mask(t: torch.Tensor) -> bool:
+    """A 0/1 tensor with both values: log(tril(ones)) writes -inf on purpose (an additive attention
+    mask). All zeros is no mask: that is a probability that saturated (log(1 - p) at p == 1)."""
+    zeros, ones = t == 0, t == 1
+    return bool((zeros | ones).all()) and bool(zeros.any()) and bool(ones.any())
+
+
+def _writes_replayed(args, mapping) -> bool:
+    """Does an in-place call (after substitution) write a tensor the replay computed?"""
+    target = args[0] if args else None
+    targets = target if isinstance(target, (list, tuple)) else [target]
+    replayed = {id(v) for v in mapping.values()}
+    return any(isinstance(t, torch.Tensor) and id(t) in replayed for t in targets)
 
 
 class Localizer:
@@ -159,6 +172,8 @@ class Localizer:
                 module = root_name(event.module) if isinstance(event, ModuleEvent) else None
                 return Finding("input", None, kind_of(t), event.location, module, None, None,
                                [tensor_stats(t)], [], "replay")
+            if isinstance(event, OpEvent) and is_inplace(event.func):
+                continue  # it wrote its input: the output is that input, not a new value
             (produced if reexecuted(event) else constants).update(id(t) for t in float_tensors(event.output))
         if optimizer is not None:
             for group in optimizer.param_groups:
@@ -219,9 +234,8 @@ class Localizer:
                         else:
                             if event.rng is not None:
                                 set_rng_state(event.rng)
-                            if is_inplace(event.func):
-                                args = tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor)
-                                                and id(x) not in {id(v) for v in mapping.values()} else x, args)
+                            if is_inplace(event.func) and not _writes_replayed(args, mapping):
+                                continue  # it wrote an original tensor, whose value now already holds its effect
                             with check:
                                 out = event.func(*args, **kwargs)
                     keep.append(out)

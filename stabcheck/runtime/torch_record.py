@@ -138,7 +138,8 @@ def _is_parameter_update(args) -> bool:
     """`w -= lr * w.grad`, `w.add_(...)`, an initialiser: an in-place write to a leaf that requires grad
     is an update between steps, not part of a step's computation."""
     target = args[0] if args else None
-    return isinstance(target, torch.Tensor) and target.is_leaf and target.requires_grad
+    targets = target if isinstance(target, (list, tuple)) else [target]  # _foreach_add_(params, ...)
+    return bool(targets) and all(isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad for t in targets)
 
 
 def is_inplace(func) -> bool:
