@@ -4,6 +4,7 @@ once as JSON, printed, and the run stopped if asked)."""
 
 from __future__ import annotations
 
+import linecache
 import os
 import sys
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ class IncidentSink:
     def localized_report(self, detected: dict, finding: Finding, hint_op: str | None) -> TrapReport:
         """The report of a producer found; `hint_op` is the op's framework-neutral name (hints.py)."""
         forward_op = finding.forward.get("op") if finding.forward else None
-        rule, hint = hints.lookup(finding.phase, hint_op, forward_op, finding.kind)
+        line = linecache.getline(finding.location.filename, finding.location.line) if finding.location else ""
+        rule, hint = hints.lookup(finding.phase, hint_op, forward_op, finding.kind, line)
         return TrapReport(phase=finding.phase, kind=finding.kind, op=finding.op, location=finding.location,
                           module=finding.module, forward=finding.forward, parameter=finding.parameter,
                           inputs=finding.inputs, outputs=finding.outputs, hint=hint, rule=rule, detected=detected,
