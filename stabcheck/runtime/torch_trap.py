@@ -216,9 +216,22 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.events = []
 
     def final_check(self) -> None:
-        """Values still pending at the end (no optimizer step after them)."""
+        """The end of the run: values still pending (no optimizer step after them), then what the last
+        recorded step computed and nothing ever checked (a NaN kept, never read back)."""
         if self.installed and (self.pending or self.flags):
             self.flush(None, "exit", "end of run")
+        if not self.installed or self.muted or self.stopped is not None:
+            return
+        self.busy += 1
+        try:
+            bad = next(((t, e) for e in self.events for t in float_tensors(e.output)
+                        if t.device.type != "meta" and bool(torch.isnan(t.detach()).any())), None)
+        finally:
+            self.busy -= 1
+        if bad is not None:
+            value, event = bad
+            self.trip("exit", "a value of the last step is nan at the end of the run", event.location, value,
+                      kind_hint="nan", quiet_unless_localized=True)
 
     # -- the tail window ----------------------------------------------------
     def open_window(self) -> None:

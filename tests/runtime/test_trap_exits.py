@@ -39,6 +39,8 @@ FAULTS = {
                           mode="training"),
     "eval_relative_error.py": dict(op="aten.div.Tensor", phase="forward", kind="+inf", rule="STB201", at="read",
                                    step=3, mode="evaluation"),
+    "kept_direction.py": dict(op="aten.div.Tensor", phase="forward", kind="nan", rule="STB201", at="exit",
+                              step=0, mode=None, function="direction"),
     "sqrt_exp_std.py": dict(op="aten.exp.default", phase="forward", kind="+inf", rule="STB006", at="backward", step=2,
                             mode="training"),
     "fp16_cast_overflow.py": dict(op="aten._to_copy.default", phase="forward", kind="+inf", rule=None,
