@@ -22,6 +22,7 @@ from stabcheck.runtime.torch_support import AMP_DEVICES, rng_state, where
 
 MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
 MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in between (newest kept)
+MAX_EVENT_BYTES = 64 << 20  # outputs of recorded torch calls kept per step (a long loop with no backward)
 
 F = torch.nn.functional
 LOSS_FUNCTIONS = frozenset(

@@ -32,7 +32,8 @@ from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
 from stabcheck.runtime.torch_detect import Detector, FlagMode
 from stabcheck.runtime.torch_localize import Localizer
-from stabcheck.runtime.torch_record import MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent, TailMode
+from stabcheck.runtime.torch_record import (MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent,
+                                            TailMode)
 from stabcheck.runtime.torch_support import caller, float_tensors, kind_of, loc_of, rng_state, tensor_stats, where
 
 _ORIG_MODULE_CALL = torch.nn.Module.__call__
@@ -134,6 +135,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.depth = 0
         self.busy = 0
         self.events: list = []
+        self.event_bytes = 0  # output bytes the recorded torch calls of this step hold
         self.step_done = False
         self.roots: list = []  # (tensors, grad_tensors) of each backward() of this step
         self.grad_leaves = None  # no optimizer: the leaves whose .grad the running backward() fills
@@ -259,20 +261,26 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             # no optimizer step to sync at: check the previous step's device values now, once
             self.flush(None, "backward", "after backward()")
         self.events = []
+        self.event_bytes = 0
         self.roots = []
         self.step_done = False
         self.scaled = False
         self.module_events = self.grad_events = 0
 
     def record(self, event) -> None:
-        """Keep an event of this step; past MAX_EVENTS the oldest half goes (a replay feeds the
+        """Keep an event of this step; past MAX_EVENTS calls, or MAX_EVENT_BYTES of outputs that only the
+        recording may keep alive (a loop with no backward), the oldest half goes (a replay feeds the
         original tensors to calls whose producers were dropped, so it stays valid)."""
         events = self.events
         events.append(event)
-        if len(events) > MAX_EVENTS:
-            del events[: MAX_EVENTS // 2]
+        if isinstance(event, OpEvent) and isinstance(event.output, torch.Tensor):
+            self.event_bytes += event.output.numel() * event.output.element_size()
+        if len(events) > MAX_EVENTS or self.event_bytes > MAX_EVENT_BYTES:
+            del events[: len(events) // 2]
             self.module_events = sum(1 for e in events if isinstance(e, ModuleEvent))
             self.grad_events = sum(1 for e in events if isinstance(e, ModuleEvent) and e.grad_enabled)
+            self.event_bytes = sum(e.output.numel() * e.output.element_size() for e in events
+                                   if isinstance(e, OpEvent) and isinstance(e.output, torch.Tensor))
 
     def raise_if_stopped(self) -> None:
         """The trap stopped the run, the script caught NonFiniteError and trains on: stop it again."""

@@ -182,3 +182,16 @@ def test_keyboard_interrupt_exits_as_python_does(tmp_path):
     result = stabcheck_run(script, tmp_path=tmp_path)
     assert plain.returncode == result.returncode == -signal.SIGINT
     assert "KeyboardInterrupt" in result.stderr
+
+
+def test_a_loop_without_backward_keeps_a_bounded_recording():
+    """Raw torch code outside modules is recorded by reference: a long loop with no step boundary must
+    not keep every temporary alive (memory stays near plain)."""
+    from stabcheck.runtime.torch_record import MAX_EVENT_BYTES
+
+    image = torch.rand(512, 512)  # 1 MiB
+    with stabcheck.trap(quiet=True) as trap:
+        for _ in range(200):
+            float((image * 2.0 + 1.0).mean())
+        held = trap.event_bytes
+    assert 0 < held <= MAX_EVENT_BYTES
