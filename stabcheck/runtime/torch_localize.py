@@ -65,7 +65,8 @@ class CheckMode(TorchDispatchMode):
         # a cast to a narrower float type that overflows (float32 -> float16 above 65504) is a producer;
         # other copies only move an inf that is there on purpose
         narrowing = name in CASTS and any(torch.finfo(t.dtype).max > torch.finfo(bad[0].dtype).max for t in before)
-        writer = (name in INF_WRITERS and not narrowing) or (name == "log" and len(before) == 1 and _is_mask(before[0]))
+        writer = (name in INF_WRITERS and not narrowing) or (name == "log" and len(before) == 1
+                                                            and _on_constants(self.event) and _is_mask(before[0]))
         kind = producer_kind(out_nan, in_nan, in_inf, bool(before), writer, lambda: kind_of(bad[0]))
         if kind is None:
             return out  # propagated, or an intentional inf (mask, fill, constant)
@@ -73,6 +74,12 @@ class CheckMode(TorchDispatchMode):
         raise _Found()
 
 
+
+
+def _on_constants(event) -> bool:
+    """A torch call of the user's code on values that need no gradient (a mask is built from constants;
+    log(1 - p) of a model's output is not)."""
+    return isinstance(event, OpEvent) and not any(t.requires_grad for t in float_tensors((event.args, event.kwargs)))
 
 
 def _is_mask(t: torch.Tensor) -> bool:

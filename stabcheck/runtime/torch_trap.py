@@ -34,7 +34,8 @@ from stabcheck.runtime.torch_detect import Detector, FlagMode
 from stabcheck.runtime.torch_localize import Localizer
 from stabcheck.runtime.torch_record import (MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent,
                                             TailMode)
-from stabcheck.runtime.torch_support import caller, float_tensors, kind_of, loc_of, rng_state, tensor_stats, where
+from stabcheck.runtime.torch_support import (OWN_DIR, caller, float_tensors, is_internal, kind_of, loc_of, rng_state,
+                                             tensor_stats, where)
 
 _ORIG_MODULE_CALL = torch.nn.Module.__call__
 _ORIG_BACKWARD = torch.autograd.backward
@@ -63,6 +64,30 @@ def _leaves(roots) -> list:
             leaves.append(variable)
         stack.extend(fn for fn, _ in node.next_functions)
     return leaves
+
+
+def _kept_by_the_program(frame) -> set:
+    """ids of the tensors the program can still see at its end: globals of __main__ and locals of the
+    user's frames on the stack, and the items of their lists, tuples and dicts (a value computed and
+    dropped is no outcome of the run)."""
+    scopes = [vars(m) for m in (sys.modules.get("__main__"),) if m is not None]
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(OWN_DIR) and not is_internal(frame.f_code.co_filename):
+            scopes.append(frame.f_locals)
+        frame = frame.f_back
+    kept: set = set()
+    level = [v for scope in scopes for v in list(scope.values())]
+    for _depth in range(3):  # a tensor, a list of them, a dict holding such lists
+        nested: list = []
+        for value in level[:100000]:
+            if isinstance(value, torch.Tensor):
+                kept.add(id(value))
+            elif isinstance(value, dict):
+                nested.extend(list(value.values()))
+            elif isinstance(value, (list, tuple)):
+                nested.extend(value)
+        level = nested
+    return kept
 
 
 def _module_call(self, *args, **kwargs):
@@ -226,13 +251,14 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             return
         self.busy += 1
         try:
-            bad = next(((t, e) for e in self.events for t in float_tensors(e.output)
-                        if t.device.type != "meta" and bool(torch.isnan(t.detach()).any())), None)
+            kept = _kept_by_the_program(sys._getframe(1))
+            bad = next(((t, e) for e in self.events for t in float_tensors(e.output) if id(t) in kept
+                        and t.device.type != "meta" and bool(torch.isnan(t.detach()).any())), None)
         finally:
             self.busy -= 1
         if bad is not None:
             value, event = bad
-            self.trip("exit", "a value of the last step is nan at the end of the run", event.location, value,
+            self.trip("exit", "a value the program kept is nan at the end of the run", event.location, value,
                       kind_hint="nan", quiet_unless_localized=True)
 
     # -- the tail window ----------------------------------------------------
@@ -411,7 +437,11 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             return
         if finding is None and quiet_unless_localized:
             return  # a value read back that no op of the step produced: a sentinel, or data read as is
-        report = self._make_report(detected, finding, value, kind_hint)
+        self.busy += 1  # the report reads tensors back itself: those reads are no incidents
+        try:
+            report = self._make_report(detected, finding, value, kind_hint)
+        finally:
+            self.busy -= 1
         self.emit(report)
 
     def _make_report(self, detected, finding: Finding | None, value, kind_hint) -> TrapReport:

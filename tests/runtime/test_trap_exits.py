@@ -53,7 +53,7 @@ def _run(name: str, per_op: bool):
     """The report of the fixture run under the trap (None if it stayed silent) and the trap's incidents."""
     try:
         with stabcheck.trap(quiet=True, per_op=per_op) as trap:
-            runpy.run_path(str(FIXTURES / name), run_name="__main__")
+            namespace = runpy.run_path(str(FIXTURES / name), run_name="__main__")  # noqa: F841 (kept to the end)
     except NonFiniteError as exc:
         return exc.report.to_dict(), 1
     return None, trap.incidents
