@@ -143,6 +143,22 @@ def _function_apply(cls, *args, **kwargs):
     return out
 
 
+_ORIG_ZERO_GRAD = torch.optim.Optimizer.zero_grad
+
+
+def _zero_grad(self, *args, **kwargs):
+    """optimizer.zero_grad() runs with the recording off: clearing .grad is no part of a step's
+    computation, and recording its per-parameter calls would cost more than the rest of the trap."""
+    trap = _ACTIVE
+    if trap is None or not trap.window_open:
+        return _ORIG_ZERO_GRAD(self, *args, **kwargs)
+    trap.close_window()
+    try:
+        return _ORIG_ZERO_GRAD(self, *args, **kwargs)
+    finally:
+        trap.open_window()
+
+
 def _autograd_backward(tensors, *args, **kwargs):
     trap = _ACTIVE
     if trap is None or trap.busy or threading.get_ident() != trap.thread:
@@ -205,6 +221,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         torch.nn.Module.__call__ = _module_call
         torch.autograd.backward = _autograd_backward
         torch.autograd.Function.apply = _function_apply
+        torch.optim.Optimizer.zero_grad = _zero_grad
         if _GradScaler is not None:
             _GradScaler.scale = _scaler_scale
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -235,6 +252,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             torch.nn.Module.__call__ = _ORIG_MODULE_CALL
             torch.autograd.backward = _ORIG_BACKWARD
             torch.autograd.Function.apply = _ORIG_APPLY
+            torch.optim.Optimizer.zero_grad = _ORIG_ZERO_GRAD
             readback.uninstall()
             if _GradScaler is not None:
                 _GradScaler.scale = _ORIG_SCALE
@@ -387,11 +405,13 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.backward_calls += 1
         if not self.saw_optimizer:
             self.step_done = True  # no optimizer (yet): a step ends with backward()
-            self.open_window()
+            if not self.module_events:
+                self.open_window()  # code with no module call: record the next step from its first op
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         self.in_step = False
-        self.open_window()  # record the next step from its first op (data, hand-written code)
+        if not self.module_events:
+            self.open_window()  # code with no module call: record the next step from its first op
 
     def loss_refused(self, exc, name: str, args, kwargs, at) -> None:
         """A loss raised on its input (BCE: "all elements of input should be between 0 and 1"): when
