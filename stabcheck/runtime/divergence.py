@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-HISTORY = 32  # steps kept
-NORM_EVERY = 16  # gradient / parameter norms are recorded every this many steps
+HISTORY = 48  # steps kept
+NORM_EVERY = 24  # gradient / parameter norms are recorded every this many steps (a pass over the weights)
 DIVERGED_GROWTH = 1e3  # last finite loss / typical early loss
 _BARS = "▁▂▃▄▅▆▇█"
 

@@ -27,7 +27,7 @@ JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
     localized   "replay" | "per-op" | "no": how the producer was found
     divergence  null, or the run diverged before the value overflowed: {steps,
                 loss, grad_norm, param_norm (lists, null where not recorded;
-                norms every 16 steps), lr, growth}
+                norms every 24 steps), lr, growth}
 
 Tensor stats: shape, dtype, device, min, max (over finite values), zeros,
 negatives, nan, inf (+inf and -inf together), "+inf", "-inf".

@@ -173,7 +173,7 @@ class Detector:
         self.in_step = True
         self.last_optimizer = weakref.ref(optimizer)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        self.record_scalars(grads, [p for group in optimizer.param_groups for p in group["params"]])
+        self.record_scalars(grads, optimizer)
         if grads and self._grads_finite_fast(grads):
             self.drop_backward_flags()
         if not self.pending and not self.flags and grads and self._grads_ok:
@@ -185,7 +185,7 @@ class Detector:
         self.steps += 1
         self.step_done = True
 
-    def record_scalars(self, grads, params) -> None:
+    def record_scalars(self, grads, optimizer=None) -> None:
         """The flight recorder (divergence.py): this step's loss, and every NORM_EVERY steps the
         gradient and parameter norms, kept as 0-d device tensors (no sync; read only for a report)."""
         loss, self.step_loss = self.step_loss, None
@@ -193,7 +193,8 @@ class Detector:
         if self.step % NORM_EVERY == 0 and grads:
             self.busy += 1
             try:
-                grad_norm, param_norm = _total_norm(grads), _total_norm([p.detach() for p in params])
+                params = [p.detach() for group in optimizer.param_groups for p in group["params"]] if optimizer else []
+                grad_norm, param_norm = _total_norm(grads), _total_norm(params)
             finally:
                 self.busy -= 1
         history = self.history

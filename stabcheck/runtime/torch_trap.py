@@ -401,7 +401,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             # no optimizer step follows (yet): the gradients it would have checked are checked now
             self.check_grads(leaves, frame)
         if not self.saw_optimizer:
-            self.record_scalars([], [])
+            self.record_scalars([])
         self.backward_calls += 1
         if not self.saw_optimizer:
             self.step_done = True  # no optimizer (yet): a step ends with backward()
