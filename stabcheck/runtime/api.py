@@ -53,9 +53,9 @@ def _uninstall(final_check: bool = True) -> None:
 def last_stopped():
     """The report of the last trap that stopped its run (None if none did)."""
     if _last_stopped is None:
-        from stabcheck.runtime import tf_api
+        from stabcheck.runtime import numpy_api, tf_api
 
-        return tf_api.last_stopped()
+        return tf_api.last_stopped() or numpy_api.last_stopped()
     return _last_stopped
 
 
@@ -84,12 +84,13 @@ class trap(contextlib.ContextDecorator):
     def __enter__(self):
         global _depth
         with _lock:
-            from stabcheck.runtime import incident, tf_api
+            from stabcheck.runtime import incident, numpy_api, tf_api
 
             if self.on_report is not None:
                 incident.listeners.append(self.on_report)
             # TensorFlow code: trapped now if TensorFlow is imported, else as soon as it is
             self._tf_owner = tf_api.enter(self.config)
+            self._np_owner = numpy_api.enter(self.config)  # NumPy's floating-point errors
             self._torch = not (tf_api.tf_loaded() and "torch" not in sys.modules)  # TF-only code skips torch
             if self._torch:
                 try:
@@ -119,8 +120,10 @@ class trap(contextlib.ContextDecorator):
     def _exit(self, exc_type):
         global _depth
         with _lock:
-            from stabcheck.runtime import tf_api
+            from stabcheck.runtime import numpy_api, tf_api
 
+            numpy_api.exit(getattr(self, "_np_owner", False))
+            self._np_owner = False
             tf_owner, self._tf_owner = getattr(self, "_tf_owner", False), False
             tf_api.exit(tf_owner, final_check=exc_type is None)
             if not getattr(self, "_torch", True):
@@ -151,9 +154,10 @@ def start(config: TrapConfig) -> None:
     """Activate the trap now if torch is imported, else as soon as it is."""
     global _hook, _depth
     with _lock:
-        from stabcheck.runtime import tf_api
+        from stabcheck.runtime import numpy_api, tf_api
 
         tf_api.start(config)  # TensorFlow/Keras: the same, for `import tensorflow`
+        numpy_api.enter(config, wait_for_import=True)  # NumPy: floating-point error callbacks
         if _trap is not None:
             return
         if "torch" in sys.modules and hasattr(sys.modules["torch"], "nn"):
@@ -166,9 +170,10 @@ def start(config: TrapConfig) -> None:
 def stop(final_check: bool = True) -> None:
     global _hook, _depth
     with _lock:
-        from stabcheck.runtime import tf_api
+        from stabcheck.runtime import numpy_api, tf_api
 
         tf_api.stop(final_check)
+        numpy_api.exit()
         if _hook is not None:
             _hook.remove()
             _hook = None

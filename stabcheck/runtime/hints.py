@@ -8,6 +8,8 @@ report points at the same page as `stabcheck explain CODE`.
 
 from __future__ import annotations
 
+import re
+
 # op -> (rule code or None, hint)
 FORWARD: dict[str, tuple[str | None, str]] = {
     "log": ("STB002", "log of an exact 0 (or of a negative number): a probability saturated to 0 or 1 in floating point; "
@@ -41,6 +43,10 @@ FORWARD: dict[str, tuple[str | None, str]] = {
     "_softmax": ("STB005", "softmax of a row that is entirely -inf (a fully masked row) gives NaN: keep at least one "
                            "unmasked position or use a large finite negative instead of -inf"),
     "_log_softmax": (None, "log_softmax of a row that is entirely -inf gives NaN: keep at least one unmasked position"),
+    "_to_copy": (None, "a cast to float16 overflowed (float16 holds at most 65504; bfloat16 has float32's range): "
+                       "keep this value in float32, scale it down before the cast, or use bfloat16"),
+    "copy": (None, "a copy into a float16 tensor overflowed (float16 holds at most 65504): keep the destination "
+                   "float32, scale the value down, or use bfloat16"),
 }
 
 # forward op whose backward produced the value -> (rule, hint)
@@ -109,9 +115,23 @@ BY_KIND: dict[tuple[str, str], tuple[str | None, str]] = {
 }
 
 
-def lookup(phase: str, op: str | None, forward_op: str | None = None, kind: str | None = None
-           ) -> tuple[str | None, str]:
-    """(rule, hint) for a producer op; empty hint when nothing specific is known."""
+# (op, pattern on the user's line) -> (rule, hint): the same op means another fault in another idiom;
+# the rule codes match what `stabcheck check` reports for that line
+BY_LINE: list[tuple[str, re.Pattern, tuple[str | None, str]]] = [
+    ("exp", re.compile(r"sqrt\s*\([^#]*exp\s*\(|exp\s*\([^#]*\)\s*\.\s*sqrt\s*\("),
+     ("STB006", "sqrt(exp(x)) overflows in exp before the sqrt: compute exp(0.5 * x) instead "
+                "(a standard deviation from a log-variance)")),
+]
+
+
+def lookup(phase: str, op: str | None, forward_op: str | None = None, kind: str | None = None,
+           line: str = "") -> tuple[str | None, str]:
+    """(rule, hint) for a producer op; empty hint when nothing specific is known. `line` is the
+    source of the user's line, for the idioms that the op alone cannot tell apart."""
+    name = base_name(forward_op if phase == "backward" and forward_op else op)
+    for key, pattern, found in BY_LINE:
+        if name == key and line and pattern.search(line):
+            return found
     if phase == "forward" and kind and (base_name(op), kind) in BY_KIND:
         return BY_KIND[(base_name(op), kind)]
     if phase == "parameter":

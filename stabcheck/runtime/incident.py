@@ -4,10 +4,12 @@ once as JSON, printed, and the run stopped if asked)."""
 
 from __future__ import annotations
 
+import linecache
 import os
 import sys
 from dataclasses import dataclass, field
 
+from stabcheck.runtime import hints
 from stabcheck.runtime.config import NonFiniteError
 from stabcheck.runtime.report import Location, TrapReport, render, write_json
 
@@ -42,6 +44,29 @@ class IncidentSink:
     """Mixin for the torch and TensorFlow traps. Expects `config`,
     `incidents`, `muted`, `first_report`, `stopped` and, optionally,
     `on_stop` (callbacks run before a stopping report is raised)."""
+
+    framework = "torch"
+    replay_error: str | None = None  # why the last replay failed, if it did
+
+    def localized_report(self, detected: dict, finding: Finding, hint_op: str | None) -> TrapReport:
+        """The report of a producer found; `hint_op` is the op's framework-neutral name (hints.py)."""
+        forward_op = finding.forward.get("op") if finding.forward else None
+        line = linecache.getline(finding.location.filename, finding.location.line) if finding.location else ""
+        rule, hint = hints.lookup(finding.phase, hint_op, forward_op, finding.kind, line)
+        return TrapReport(phase=finding.phase, kind=finding.kind, op=finding.op, location=finding.location,
+                          module=finding.module, forward=finding.forward, parameter=finding.parameter,
+                          inputs=finding.inputs, outputs=finding.outputs, hint=hint, rule=rule, detected=detected,
+                          localized=finding.localized, framework=self.framework)
+
+    def unlocalized_report(self, detected: dict, kind: str, note: str, hint: str, outputs=()) -> TrapReport:
+        """The report of a value detected whose producer was not found (`note` says why)."""
+        if self.replay_error:
+            note = f"replay failed ({self.replay_error})"
+        detected = dict(detected, message=f"{detected['message']}; {note}")
+        loc = detected.get("location")
+        return TrapReport(phase="unknown", kind=kind, location=Location(**loc) if loc else None,
+                          outputs=list(outputs), hint=hint, detected=detected, localized="no",
+                          framework=self.framework)
 
     def stamp(self, report: TrapReport, step: int) -> TrapReport:
         report.step = step

@@ -16,11 +16,18 @@ JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
     inputs      list of statistics (see `tensor stats` below) or {"value": x}
     outputs     same, for the op's outputs
     step        optimizer steps completed before the incident (0-based index of
-                the step that failed)
+                the step that failed); null for NumPy code (no notion of a step)
+    mode        "training" | "evaluation" (the failing computation ran without
+                gradients, or its modules were in eval mode); null if unknown
     rank        RANK of a distributed run, else null
     hint, rule  likely cause and fix; static rule code (STBnnn) or null
-    detected    {at: "loss" | "backward" | "optimizer" | "op" | "exit", message, location}
+    detected    {at: "loss" | "backward" | "gradient" | "optimizer" | "op" | "read" | "exit",
+                 message, location}; "gradient": .grad checked after a backward() that
+                 no optimizer step follows; "read": a host read-back (.item(), print, ...)
     localized   "replay" | "per-op" | "no": how the producer was found
+    divergence  null, or the run diverged before the value overflowed: {steps,
+                loss, grad_norm, param_norm (lists, null where not recorded;
+                norms every 24 steps), lr, growth}
 
 Tensor stats: shape, dtype, device, min, max (over finite values), zeros,
 negatives, nan, inf (+inf and -inf together), "+inf", "-inf".
@@ -58,7 +65,7 @@ class TrapReport:
     parameter: str | None = None
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
-    step: int = 0
+    step: int | None = 0
     rank: int | None = None
     hint: str = ""
     rule: str | None = None
@@ -66,22 +73,29 @@ class TrapReport:
     localized: str = "no"
     status: str = "trapped"
     framework: str = "torch"
+    mode: str | None = None  # "training" or "evaluation" (no gradient, or modules in eval mode)
+    divergence: dict | None = None  # the run diverged: recent loss / norms, learning rate (divergence.py)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         order = ["status", "framework", "phase", "op", "kind", "location", "module", "forward", "parameter",
-                 "inputs", "outputs", "step", "rank", "hint", "rule", "detected", "localized"]
+                 "inputs", "outputs", "step", "mode", "rank", "hint", "rule", "detected", "localized", "divergence"]
         return {key: data[key] for key in order}
 
     def headline(self) -> str:
         what = {"nan": "NaN", "+inf": "+Inf", "-inf": "-Inf"}.get(self.kind, self.kind)
+        when = f"evaluation after step {self.step}" if self.mode == "evaluation" else f"step {self.step}"
+        if self.step is None:  # NumPy code has no steps
+            when = "no step count"
+        if self.divergence:
+            when += "; the run diverged"
         if self.phase == "parameter":
-            return f"parameter {self.parameter} is already {what} (step {self.step})"
+            return f"parameter {self.parameter} is already {what} ({when})"
         if self.phase == "input":
-            return f"the input already contains {what} (step {self.step})"
+            return f"the input already contains {what} ({when})"
         if self.op:
-            return f"{self.op} produced {what} in {self.phase} (step {self.step})"
-        return f"{what} detected at {self.detected.get('at', '?')} (step {self.step}); producer not found"
+            return f"{self.op} produced {what} in {self.phase} ({when})"
+        return f"{what} detected at {self.detected.get('at', '?')} ({when}); producer not found"
 
 
 def _fmt_num(x) -> str:
@@ -96,8 +110,9 @@ def _fmt_stats(s: dict) -> str:
     if "value" in s:
         return f"scalar {s['value']!r}"
     shape = "x".join(str(d) for d in s["shape"]) or "scalar"
-    parts = [f"{s['dtype']}[{shape}] {s['device']}", f"min {_fmt_num(s['min'])}", f"max {_fmt_num(s['max'])}",
-             f"zeros {s['zeros']}", f"neg {s['negatives']}"]
+    finite = ([f"min {_fmt_num(s['min'])}", f"max {_fmt_num(s['max'])}"] if s["min"] is not None
+              else ["no finite value"])
+    parts = [f"{s['dtype']}[{shape}] {s['device']}", *finite, f"zeros {s['zeros']}", f"neg {s['negatives']}"]
     bad = [f"{k} {s[k]}" for k in ("nan", "+inf", "-inf") if s.get(k)]
     return "  ".join(parts + bad)
 
@@ -131,6 +146,14 @@ def render(report: TrapReport, stream=None, text_only: bool = False) -> None:
         if det.get("location"):
             at += f" ({Location(**det['location']).short()})"
         lines.append(("detected", at))
+    if report.divergence:
+        from stabcheck.runtime.divergence import sparkline
+
+        for key, label in (("loss", "loss"), ("grad_norm", "grad norm"), ("param_norm", "param norm")):
+            values = report.divergence.get(key) or []
+            known = [v for v in values if isinstance(v, float)]
+            if known:
+                lines.append((label, f"{sparkline(values)}  {_fmt_num(known[0])} -> {_fmt_num(known[-1])}"))
     if report.hint:
         lines.append(("hint", report.hint))
     if report.rule:

@@ -16,7 +16,9 @@ import importlib.machinery
 import io
 import os
 import runpy
+import signal
 import sys
+import threading
 import types
 import zipfile
 
@@ -124,6 +126,7 @@ def run(config: TrapConfig, target: str, args: list[str], module: bool = False) 
         else:
             sys.path.insert(0, entry)
     api.start(config)
+    threading.excepthook = _thread_excepthook
     status = 0
     try:
         try:
@@ -147,7 +150,7 @@ def run(config: TrapConfig, target: str, args: list[str], module: bool = False) 
         status = _report_exception(exc)
     except KeyboardInterrupt as exc:
         _report_exception(exc)
-        status = 130
+        status = _SIGINT
     except BaseException as exc:  # noqa: BLE001 - the user's uncaught exception
         status = _report_exception(exc)
     trap = api.last_stopped()
@@ -158,7 +161,34 @@ def run(config: TrapConfig, target: str, args: list[str], module: bool = False) 
             stream.flush()
         except Exception:
             pass
+    if status == _SIGINT:
+        status = _die_of_sigint()
     return status
+
+
+_SIGINT = -signal.SIGINT
+
+
+def _die_of_sigint() -> int:
+    """An uncaught KeyboardInterrupt: python dies of SIGINT (a shell sees 130, a parent -2); do the same."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 130  # where no signal could be raised
+
+
+_ORIG_THREAD_HOOK = threading.excepthook
+
+
+def _thread_excepthook(args) -> None:
+    """A training thread stopped by the trap: one line (the report is printed already), not a traceback."""
+    if args.exc_type is not None and issubclass(args.exc_type, NonFiniteError):
+        name = args.thread.name if args.thread is not None else "a thread"
+        print(f"stabcheck: {name} stopped: {args.exc_value}", file=sys.stderr)
+        return
+    _ORIG_THREAD_HOOK(args)
 
 
 def _report_exception(exc: BaseException) -> int:

@@ -16,6 +16,7 @@ RUNTIME_RULES = {
     "tf_zero_norm_divide.py": "STB201",
     "tf_pretraced_api.py": "STB201",
     "tf_sqrt_distance.py": "STB202",
+    "sqrt_exp_std.py": "STB006",  # PyTorch (test_trap_exits.py): the same rule for the same idiom
 }
 
 

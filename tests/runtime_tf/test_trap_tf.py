@@ -176,3 +176,18 @@ def test_loss_scale_optimizer_overflows_are_not_findings(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "finite loss True, scale lowered True\n"  # the overflows really happened
     assert result.report is None and trap_silent(result.stderr)
+
+
+def test_nan_in_the_training_data_is_reported_as_data(tmp_path):
+    """A NaN pixel under fit: the batch is checked before any replay (no op, no dropout, is blamed), and
+    TensorFlow's log of the aborted step does not surround the panel."""
+    path = FIXTURES / "keras_nan_pixel.py"
+    result = stabcheck_run(path, tmp_path=tmp_path, TF_CPP_MIN_LOG_LEVEL="0")
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert (report["phase"], report["kind"], report["op"], report["step"]) == ("input", "nan", None, 5)
+    assert report["inputs"][0]["nan"] == 1 and report["inputs"][0]["shape"] == [8, 8, 8, 1]
+    assert report["location"]["line"] == line_of(path, "model.fit(")
+    assert "GradientTape" not in report["detected"]["message"] and "model.fit" in report["detected"]["message"]
+    assert "data" in report["hint"]
+    assert "FloatingPointError" not in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,69 @@
+"""Divergence: a run whose loss grew by orders of magnitude before it overflowed.
+
+The trap keeps a flight recorder of cheap per-step scalars (the loss every step;
+the gradient and parameter norms every NORM_EVERY steps, as they cost a pass
+over the weights) as 0-d tensors on the device; they are read only when a report
+is built. A report whose recent loss grew by DIVERGED_GROWTH or more is a
+divergence: the hint names the learning rate, the JSON carries the numbers and
+the panel a sparkline.
+"""
+
+from __future__ import annotations
+
+import math
+
+HISTORY = 48  # steps kept
+NORM_EVERY = 24  # gradient / parameter norms are recorded every this many steps (a pass over the weights)
+DIVERGED_GROWTH = 1e3  # last finite loss / typical early loss
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def diagnose(steps: list[int], losses: list[float | None], grad_norms: list[float | None],
+             param_norms: list[float | None], lrs: list[float]) -> dict | None:
+    """The divergence record for a report, or None when the loss did not blow up."""
+    finite = [abs(v) for v in losses if v is not None and math.isfinite(v)]
+    if len(finite) < 4:
+        return None
+    early = sorted(finite[: max(2, len(finite) // 4)])[0]
+    late = max(finite[-3:])
+    if late < DIVERGED_GROWTH * max(early, 1e-12):
+        return None
+    return {"steps": steps, "loss": _json(losses), "grad_norm": _json(grad_norms), "param_norm": _json(param_norms),
+            "lr": lrs[0] if len(lrs) == 1 else (lrs or None), "growth": late / max(early, 1e-12)}
+
+
+def _json(values):
+    """Non-finite numbers as "nan" / "inf" / "-inf" (the report's JSON allows no NaN)."""
+    return [v if v is None or math.isfinite(v) else str(v) for v in values]
+
+
+def _finite(values) -> list[float]:
+    return [v for v in values if isinstance(v, float) and math.isfinite(v)]
+
+
+def hint(record: dict) -> str:
+    finite = _finite(record["loss"])
+    lr = record.get("lr")
+    lr_text = f"learning rate {lr:g}" if isinstance(lr, float) else (
+        f"learning rates {', '.join(f'{v:g}' for v in lr)}" if lr else "the learning rate (step size)")
+    return (f"the run diverged: the loss grew from {finite[0]:.3g} to {finite[-1]:.3g} over the last "
+            f"{len(record['loss'])} steps before it overflowed; lower the {lr_text}, clip gradients "
+            "(torch.nn.utils.clip_grad_norm_) or add a warm-up; the op that overflowed is where the growth ended, "
+            "not its cause")
+
+
+def sparkline(values: list[float | None]) -> str:
+    """One character per value on a log scale ('x' for a non-finite one, ' ' for none)."""
+    logs = [math.log10(abs(v) + 1e-30) if isinstance(v, float) and math.isfinite(v) else None for v in values]
+    known = [v for v in logs if v is not None]
+    if not known:
+        return ""
+    low, high = min(known), max(known)
+    span = (high - low) or 1.0
+    out = []
+    for v, raw in zip(logs, values):
+        if v is None:
+            out.append(" " if raw is None else "x")
+        else:
+            out.append(_BARS[min(len(_BARS) - 1, int((v - low) / span * (len(_BARS) - 1) + 0.5))])
+    return "".join(out)

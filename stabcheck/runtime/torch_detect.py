@@ -1,0 +1,356 @@
+"""Detection in the PyTorch adapter: cheap checks of the values a NaN cannot avoid.
+
+Boundary values (losses, the tensors passed to `backward()`) are checked at
+once on CPU; on an accelerator they are kept as 0-d device tensors and synced
+together at the optimizer step, never per op. Gradients are checked just before
+`optimizer.step()` with GradScaler's fused kernel (one host sync). `--per-op`
+adds FlagMode: one fp32 sum per floating op output, synced at the same point.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import weakref
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from stabcheck.runtime import hints
+from stabcheck.runtime.divergence import NORM_EVERY
+from stabcheck.runtime.report import Location
+from stabcheck.runtime.torch_record import ModuleEvent, OpEvent
+from stabcheck.runtime.torch_support import (INF_WRITERS, NOT_PRODUCERS, caller, finite_now, float_tensors,
+                                             kind_of, loc_of, nan_free_now, node_name, tensor_name)
+
+MAX_FLAGS = 200000  # per-op flags kept before a forced flush
+
+
+class FlagMode(TorchDispatchMode):
+    """--per-op: one fp32 sum per floating output, kept on the device, synced once per step."""
+
+    def __init__(self, trap: Any):
+        super().__init__()
+        self.trap = trap
+        self.info: dict[Any, tuple[bool, bool]] = {}
+        self.taint: dict[int, Any] = {}  # id -> weakref of tensors holding intentional +-inf
+
+    def _op_info(self, func):
+        info = self.info.get(func)
+        if info is None:
+            name = hints.base_name(str(func))
+            skip = bool(getattr(func, "is_view", False)) or name in NOT_PRODUCERS
+            info = self.info[func] = (skip, name in INF_WRITERS)
+        return info
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        out = func(*args, **kwargs)
+        trap = self.trap
+        if trap.busy:
+            return out
+        skip, writer = self._op_info(func)
+        has_input = False
+        tainted = False
+        taint = self.taint
+        for a in _flat_args(args, kwargs):
+            if isinstance(a, torch.Tensor):
+                has_input = True
+                if taint:
+                    ref = taint.get(id(a))
+                    if ref is not None and ref() is a:
+                        tainted = True
+                        break
+            elif writer and isinstance(a, float) and math.isinf(a):
+                tainted = True
+        if type(out) is torch.Tensor:
+            outs = [out] if out.is_floating_point() else []
+        else:
+            outs = float_tensors(out)
+        if tainted:
+            for o in outs:
+                taint[id(o)] = weakref.ref(o)
+        if skip or not outs or not has_input:  # views, copies, factories: never the producer
+            return out
+        if trap.scaled and torch._C._current_autograd_node() is not None:
+            return out  # scaled gradients: GradScaler detects and skips overflowing steps itself
+        flags = trap.flags
+        where = None
+        for o in outs:
+            if not o.numel():
+                continue
+            if tainted:  # downstream of an intentional inf only a NaN counts
+                flag = torch.isnan(o).any().logical_not().float().reciprocal()
+            else:
+                # an fp32 sum of large finite values (a finfo.min mask) may overflow: the exact replay
+                # then finds no producer and the flag is benign (TorchTrap.trip)
+                flag = o.detach().sum(dtype=torch.float32)
+            flags.append(flag)
+            if where is None:
+                where = (loc_of(caller(sys._getframe(1))), tuple(trap.mod_stack), node_name())
+            trap.flag_ops.append((func, *where))
+        if len(flags) > MAX_FLAGS:
+            trap.flush(None, "op", "per-op flags")
+        return out
+
+
+def _total_norm(tensors):
+    """The L2 norm of a list of dense float tensors on one device, as a 0-d tensor (None otherwise)."""
+    tensors = [t for t in tensors if t.layout == torch.strided and t.is_floating_point()]
+    if not tensors or any(t.device != tensors[0].device for t in tensors):
+        return None
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(tensors)]))
+
+
+def _resolve(where) -> Location | None:
+    """A Location from a Location, an event, or a live frame (its user caller)."""
+    if where is None or isinstance(where, Location):
+        return where
+    if isinstance(where, (ModuleEvent, OpEvent)):
+        return where.location
+    return loc_of(caller(where))
+
+
+def _flat_args(args, kwargs):
+    """Tensors and scalars of an aten call (aten args nest at most one level: Tensor[] lists)."""
+    for a in args:
+        if type(a) in (list, tuple):
+            yield from a
+        else:
+            yield a
+    if kwargs:
+        for a in kwargs.values():
+            if type(a) in (list, tuple):
+                yield from a
+            else:
+                yield a
+
+
+class Detector:
+    """The cheap checks of TorchTrap (a mixin): boundary values, gradients before the update,
+    per-op flags; one host sync per step and device."""
+
+    def check(self, value, at: str, message: str, where, nan_only: bool = False) -> None:
+        """Check a boundary value now (CPU) or at the next step flush (accelerator).
+
+        `where` is a Location, or a frame whose user caller is looked up only when needed.
+        """
+        self.busy += 1
+        try:
+            bad = None
+            for t in float_tensors(value):
+                if t.device.type == "cpu" and not self.defer_cpu:
+                    if bad is None and not (nan_free_now(t.detach()) if nan_only else finite_now(t.detach())):
+                        bad = t
+                elif t.device.type != "meta":
+                    t = t.detach()
+                    if nan_only:
+                        flag = torch.isnan(t).any().logical_not().float().reciprocal()
+                    else:
+                        flag = (t.reshape(()).float() if t.numel() == 1
+                                else torch.isfinite(t).all().float().reciprocal())
+                    where = _resolve(where)
+                    self.pending.append((flag, at, message, where))
+            self.last_checked = value
+        finally:
+            self.busy -= 1
+        if bad is not None:
+            where = _resolve(where)
+            self.trip(at, f"{message} {kind_of(bad)}", where, bad)
+        elif at == "loss" and not self.pending:
+            self.muted = False
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        """Global optimizer step pre-hook: gradients (and pending values) checked before the update."""
+        if self.busy:
+            return
+        self.raise_if_stopped()
+        if self.tail_pushed:
+            self.close_window()
+        self.saw_optimizer = True
+        self.in_step = True
+        self.last_optimizer = weakref.ref(optimizer)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.record_scalars(grads, optimizer)
+        if grads and self._grads_finite_fast(grads):
+            self.drop_backward_flags()
+        if not self.pending and not self.flags and grads and self._grads_ok:
+            self.muted = False
+        else:
+            grads = [g for g in grads if g.layout == torch.strided and g.is_floating_point()]
+            self.flush(grads, "optimizer", f"before {type(optimizer).__name__}.step()", optimizer)
+        # the update is about to run: this step is complete
+        self.steps += 1
+        self.step_done = True
+
+    def record_scalars(self, grads, optimizer=None) -> None:
+        """The flight recorder (divergence.py): this step's loss, and every NORM_EVERY steps the
+        gradient and parameter norms, kept as 0-d device tensors (no sync; read only for a report)."""
+        loss, self.step_loss = self.step_loss, None
+        grad_norm = param_norm = None
+        if self.step % NORM_EVERY == 0 and grads:
+            self.busy += 1
+            try:
+                params = [p.detach() for group in optimizer.param_groups for p in group["params"]] if optimizer else []
+                grad_norm, param_norm = _total_norm(grads), _total_norm(params)
+            finally:
+                self.busy -= 1
+        history = self.history
+        if history and history[-1][0] == self.step:  # a backward() recorded this step before the optimizer ran
+            step, old_loss, old_grad, old_param = history.pop()
+            loss = loss if loss is not None else old_loss
+            grad_norm, param_norm = grad_norm if grad_norm is not None else old_grad, param_norm or old_param
+        history.append((self.step, loss, grad_norm, param_norm))
+
+    def _grads_finite_fast(self, grads) -> bool:
+        """Common case: dense gradients of one dtype on one device -> GradScaler's fused check, one sync.
+
+        `_amp_foreach_non_finite_check_and_unscale_` with a scale of 1.0 is exact (no overflow false
+        positives) and leaves finite values bit-identical; measured 4 us for a tiny MLP on CPU, vs
+        16 us for a fused L2 norm and 60 us for an inf norm.
+        """
+        self._grads_ok = False
+        g0 = grads[0]
+        device, dtype = g0.device, g0.dtype
+        for g in grads:
+            if g.device != device or g.dtype != dtype or g.layout != torch.strided:
+                return False
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            return False
+        bufs = self._found_inf.get(device)
+        if bufs is None:
+            bufs = self._found_inf[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+        found, one = bufs
+        self.busy += 1
+        try:
+            found.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+            self._grads_ok = not found.item()
+            return self._grads_ok
+        except (RuntimeError, TypeError, NotImplementedError):  # backend without the fused kernel
+            return False
+        finally:
+            self.busy -= 1
+
+    def drop_backward_flags(self) -> None:
+        """The gradients came out finite: a non-finite value inside backward was masked by torch
+        itself (std / norm backward at 0 compute NaN and replace it), not a fault."""
+        if self.flags:
+            keep = [i for i, op in enumerate(self.flag_ops) if op[3] is None]
+            if len(keep) != len(self.flags):
+                self.flags = [self.flags[i] for i in keep]
+                self.flag_ops = [self.flag_ops[i] for i in keep]
+
+    def flush(self, grads, at: str, message: str, optimizer=None) -> None:
+        """One host sync per device: pending boundary values, gradient norms, per-op flags."""
+        pending, self.pending = self.pending, []
+        flags, self.flags = self.flags, []
+        flag_ops, self.flag_ops = self.flag_ops, []
+        grads = grads or []
+        self.busy += 1
+        try:
+            by_device: dict = {}
+            for value, *_rest in pending:
+                by_device.setdefault(value.device, []).append(value)
+            if grads:
+                per_device: dict = {}
+                for g in grads:
+                    per_device.setdefault((g.device, g.dtype), []).append(g)
+                for (device, _dtype), gs in per_device.items():
+                    norms = torch._foreach_norm(gs)
+                    by_device.setdefault(device, []).extend(n.float() for n in norms)
+            for value in flags:
+                by_device.setdefault(value.device, []).append(value)
+            ok = True
+            for values in by_device.values():
+                if not bool(torch.isfinite(torch.stack(values)).all()):
+                    ok = False
+                    break
+        finally:
+            self.busy -= 1
+        if ok:
+            if grads:
+                self.muted = False
+            return
+        # something is non-finite: find what, exactly (rare path, syncs freely; busy, so that the
+        # trap's own checks are never recorded as ops of the step)
+        self.busy += 1
+        try:
+            failed = self._what_failed(pending, grads, flags, flag_ops, at, message, optimizer)
+        finally:
+            self.busy -= 1
+        if failed is not None:
+            args, kwargs = failed
+            self.trip(*args, **kwargs)
+
+    def _what_failed(self, pending, grads, flags, flag_ops, at, message, optimizer):
+        """(args, kwargs) of the trip for the first non-finite value of a flush, or None."""
+        for value, p_at, p_message, location in pending:
+            if not math.isfinite(float(value)):
+                what = "nan" if math.isnan(float(value)) else ("+inf" if float(value) > 0 else "-inf")
+                return (p_at, f"{p_message} {what}", location, None), {"kind_hint": what}
+        params = {id(p.grad): p for group in (optimizer.param_groups if optimizer else ())
+                  for p in group["params"] if p.grad is not None}
+        for g in grads:
+            if not bool(torch.isfinite(g).all()):
+                param = params.get(id(g))
+                name = self._param_name(param) or tensor_name(param, sys._getframe(2)) or "a parameter"
+                return ((at, f"the gradient of {name} is {kind_of(g)} {message}",
+                         loc_of(caller(sys._getframe(2))), g), {"optimizer": optimizer})
+        for i, value in enumerate(flags):
+            v = float(value)
+            if not math.isfinite(v):
+                func, location, mods, node = flag_ops[i]
+                key = (str(func), location.filename if location else None, location.line if location else None)
+                if key in self.benign:
+                    continue
+                kind = "nan" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
+                return (("op", f"{func} output is {kind} (per-op check)", location, None),
+                        {"kind_hint": kind, "flag_record": (func, location, mods, node, kind), "benign_key": key})
+        return None
+
+    def check_grads(self, leaves, frame) -> None:
+        """The .grad of `leaves` after a backward() that no optimizer step follows: checked now on CPU,
+        at the next sync on an accelerator (one pending flag per device)."""
+        grads = [t.grad for t in leaves if t.grad is not None and t.grad.layout == torch.strided
+                 and t.grad.is_floating_point()]
+        if not grads:
+            return
+        if self.defer_cpu or any(g.device.type != "cpu" for g in grads):
+            self.busy += 1
+            try:
+                per_device: dict = {}
+                for g in grads:
+                    per_device.setdefault(g.device, []).append(g)
+                for gs in per_device.values():
+                    norms = torch.stack([n.float() for n in torch._foreach_norm(gs)])
+                    flag = torch.isfinite(norms).all().float().reciprocal()
+                    self.pending.append((flag, "gradient", "a gradient after backward() is", loc_of(caller(frame))))
+            finally:
+                self.busy -= 1
+            return
+        if self._grads_finite_fast(grads):
+            self.drop_backward_flags()
+            return
+        self.busy += 1
+        try:
+            bad = next((t for t in leaves if t.grad is not None and t.grad.is_floating_point()
+                        and not bool(torch.isfinite(t.grad).all())), None)
+            name = (self._param_name(bad) or tensor_name(bad, frame) or "a leaf tensor") if bad is not None else None
+        finally:
+            self.busy -= 1
+        if bad is not None:
+            self.trip("gradient", f"the gradient of {name} is {kind_of(bad.grad)} after backward()",
+                      loc_of(caller(frame)), bad.grad)
+
+    def _first_bad_flag(self):
+        """The first per-op flag of this step that is not finite (syncs; detection path only)."""
+        for i, value in enumerate(self.flags):
+            v = float(value)
+            if not math.isfinite(v):
+                func, location, mods, node = self.flag_ops[i]
+                kind = "nan" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
+                return func, location, mods, node, kind
+        return None

@@ -1,0 +1,173 @@
+"""Recording a step of the PyTorch adapter: references (never copies) to what a
+replay needs to re-run the step exactly.
+
+A step is recorded from its top-level module calls (module, inputs, RNG state,
+autocast state, caller line) and the torch calls of the user's own code between
+them and `backward()` (TailMode, a TorchFunctionMode pushed only while no module
+runs). The recording is bounded: MAX_EVENTS calls per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from stabcheck.runtime.report import Location
+from stabcheck.runtime.torch_support import AMP_DEVICES, rng_state, where
+
+MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
+MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in between (newest kept)
+MAX_EVENT_BYTES = 64 << 20  # outputs of recorded torch calls kept per step (a long loop with no backward)
+
+F = torch.nn.functional
+LOSS_FUNCTIONS = frozenset(
+    getattr(F, name) for name in (
+        "binary_cross_entropy", "binary_cross_entropy_with_logits", "cosine_embedding_loss", "cross_entropy",
+        "ctc_loss", "gaussian_nll_loss", "hinge_embedding_loss", "huber_loss", "kl_div", "l1_loss",
+        "margin_ranking_loss", "mse_loss", "multi_margin_loss", "multilabel_margin_loss",
+        "multilabel_soft_margin_loss", "nll_loss", "poisson_nll_loss", "smooth_l1_loss", "soft_margin_loss",
+        "triplet_margin_loss", "triplet_margin_with_distance_loss",
+    ) if hasattr(F, name)
+)
+
+
+
+class ModuleEvent:
+    """A top-level module call of the current step (references only, no copies)."""
+
+    __slots__ = ("module", "args", "kwargs", "rng", "where", "grad_enabled", "amp", "output")
+
+    def __init__(self, module, args, kwargs, rng, where, grad_enabled):
+        self.module, self.args, self.kwargs, self.rng = module, args, kwargs, rng
+        self.where, self.grad_enabled, self.amp, self.output = where, grad_enabled, amp_state(), None
+
+    @property
+    def location(self) -> Location | None:
+        return Location(*self.where) if self.where else None
+
+
+class OpEvent:
+    """A torch call of the user's own code outside module calls (references only, no copies)."""
+
+    __slots__ = ("func", "args", "kwargs", "output", "where", "grad_enabled", "amp", "rng")
+
+    def __init__(self, func, args, kwargs, output, where, grad_enabled, rng=None):
+        self.func, self.args, self.kwargs, self.output = func, args, kwargs, output
+        self.where, self.grad_enabled, self.amp, self.rng = where, grad_enabled, amp_state(), rng
+
+    @property
+    def location(self) -> Location | None:
+        return Location(*self.where) if self.where else None
+
+
+# torch calls that draw random numbers: their event keeps the RNG state, so a replay draws the same ones
+RANDOM_CALLS = frozenset({
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "rrelu",
+    "gumbel_softmax", "bernoulli", "bernoulli_", "multinomial", "normal", "normal_", "poisson", "rand_like",
+    "randn_like", "randint_like", "uniform_", "exponential_", "random_", "cauchy_", "log_normal_", "geometric_",
+})
+
+
+def reexecuted(event) -> bool:
+    """Does a replay run this event again? Module calls do. A torch call does when it computes from
+    tensors (a factory's output is the original, as are the outputs of `out=` calls, which a replay
+    must not overwrite)."""
+    if isinstance(event, ModuleEvent):
+        return True
+    if event.kwargs and "out" in event.kwargs:
+        return False
+    return any(isinstance(a, torch.Tensor) for a in tree_flatten((event.args, event.kwargs))[0])
+
+
+def amp_state():
+    """Autocast settings in force (a replay must run in the same precision), or None."""
+    state = None
+    for device in AMP_DEVICES:
+        if torch.is_autocast_enabled(device):
+            state = (state or ()) + ((device, torch.get_autocast_dtype(device)),)
+    return state
+
+
+def autocast(state):
+    stack = contextlib.ExitStack()
+    for device, dtype in state or ():
+        stack.enter_context(torch.autocast(device, dtype=dtype))
+    return stack
+
+
+class TailMode(TorchFunctionMode):
+    """Records the user's own torch calls while no module runs (pushed only then: see TorchTrap.open_window)."""
+
+    def __init__(self, trap: Any):
+        super().__init__()
+        self.trap = trap
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        trap = self.trap
+        if trap.depth or trap.busy or not trap.window_open:
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        rng = rng_state() if name in RANDOM_CALLS else None
+        try:
+            out = func(*args, **kwargs)
+        except RuntimeError as exc:
+            if func in LOSS_FUNCTIONS:  # BCE refuses NaN input: say where the NaN came from
+                trap.loss_refused(exc, name, args, kwargs, where(sys._getframe(1)))
+            raise
+        # `x[i] = v` returns nothing but changes x: a replay that recomputes x must change it too
+        if isinstance(out, torch.Tensor) or name == "__setitem__" or (isinstance(out, (tuple, list)) and out
+                                                                      and isinstance(out[0], torch.Tensor)):
+            if name == "__get__" or (is_inplace(func) and _is_parameter_update(args)):
+                return out
+            if trap.step_done:
+                trap.new_step()
+            at = where(sys._getframe(1))
+            trap.record(OpEvent(func, args, kwargs, out, at, torch.is_grad_enabled(), rng))
+            if func in LOSS_FUNCTIONS:
+                trap.check(out, "loss", f"{func.__name__}() returned", Location(*at) if at else None)
+        return out
+
+
+def _is_parameter_update(args) -> bool:
+    """`w -= lr * w.grad`, `w.add_(...)`, an initialiser: an in-place write to a leaf that requires grad
+    is an update between steps, not part of a step's computation."""
+    target = args[0] if args else None
+    targets = target if isinstance(target, (list, tuple)) else [target]  # _foreach_add_(params, ...)
+    return bool(targets) and all(isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad for t in targets)
+
+
+def is_inplace(func) -> bool:
+    """A torch call that writes its first argument in place: `x.add_()`, `x += y` (not `__add__`)."""
+    name = getattr(func, "__name__", "")
+    return name.endswith("_") and not name.endswith("__") or name.startswith("__i") or name == "__setitem__"
+
+
+def replay_target(module):
+    """The module to call in a replay: DDP's wrapped module (a replay must not join collectives)."""
+    name = type(module).__name__
+    if name == "DistributedDataParallel" and isinstance(getattr(module, "module", None), torch.nn.Module):
+        return module.module
+    if "FullyShard" in name or name == "FSDPModule":
+        raise RuntimeError("replaying a sharded (FSDP) module is not supported")
+    return module
+
+
+def tag_nodes(out, index: int) -> None:
+    """Mark the autograd nodes created by replayed event `index` (backward ops -> forward line)."""
+    stack = [t.grad_fn for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        metadata = node.metadata
+        if "stabcheck_event" in metadata:
+            continue
+        metadata["stabcheck_event"] = index
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)

@@ -1,0 +1,197 @@
+"""Faults whose value leaves the computation other than through an nn loss and an optimizer step:
+read back to the host, left in .grad by a backward() with no optimizer, refused by a loss, made by
+hand-written code on raw tensors, in one micro-batch of an accumulation, in a custom backward, or in
+an evaluation loop. Each fixture is a script of that shape, run in-process under `stabcheck.trap()`
+(no interpreter start per case), in default and per-op modes."""
+
+from __future__ import annotations
+
+import io
+import runpy
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from runtime_helpers import FIXTURES, line_of, stabcheck_run
+from script_runs import base_env
+
+torch = pytest.importorskip("torch")
+
+import stabcheck  # noqa: E402
+from stabcheck.runtime import NonFiniteError  # noqa: E402
+from stabcheck.runtime.divergence import diagnose  # noqa: E402
+from stabcheck.runtime.report import TrapReport, render  # noqa: E402
+
+# fixture -> expected report fields (the location is the `# FAULT` line of the fixture)
+FAULTS = {
+    "manual_sgd_sqrt.py": dict(op="aten.div.Tensor", phase="backward", kind="-inf", rule="STB202", at="gradient",
+                               step=2, mode="training", forward="sqrt", function="<module>"),
+    "printed_direction.py": dict(op="aten.div.Tensor", phase="forward", kind="nan", rule="STB201", at="read",
+                                 step=0, mode=None, function="direction"),
+    "grad_accumulation_penalty.py": dict(op="aten.div.Tensor", phase="backward", kind="-inf", rule="STB202",
+                                         at="optimizer", step=1, mode="training", forward="sqrt"),
+    "custom_backward.py": dict(op="aten.div.Tensor", phase="backward", kind="-inf", rule="STB201", at="optimizer",
+                               step=1, mode="training", function="backward"),
+    "bce_minmax.py": dict(op="aten.div.Tensor", phase="forward", kind="nan", rule="STB201", at="loss", step=1,
+                          mode="training"),
+    "eval_relative_error.py": dict(op="aten.div.Tensor", phase="forward", kind="+inf", rule="STB201", at="read",
+                                   step=3, mode="evaluation"),
+    "kept_direction.py": dict(op="aten.div.Tensor", phase="forward", kind="nan", rule="STB201", at="exit",
+                              step=0, mode=None, function="direction"),
+    "sqrt_exp_std.py": dict(op="aten.exp.default", phase="forward", kind="+inf", rule="STB006", at="backward", step=2,
+                            mode="training"),
+    "fp16_cast_overflow.py": dict(op="aten._to_copy.default", phase="forward", kind="+inf", rule=None,
+                                  at="backward", step=2, mode="training"),
+}
+MODES = {"default": False, "per-op": True}
+
+
+def _run(name: str, per_op: bool):
+    """The report of the fixture run under the trap (None if it stayed silent) and the trap's incidents."""
+    try:
+        with stabcheck.trap(quiet=True, per_op=per_op) as trap:
+            namespace = runpy.run_path(str(FIXTURES / name), run_name="__main__")  # noqa: F841 (kept to the end)
+    except NonFiniteError as exc:
+        return exc.report.to_dict(), 1
+    return None, trap.incidents
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return {(name, mode): _run(name, per_op)[0] for name in FAULTS for mode, per_op in MODES.items()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", FAULTS)
+def test_fault_is_localized(reports, name, mode):
+    want = FAULTS[name]
+    report = reports[(name, mode)]
+    assert report is not None, f"{name} ran to the end unreported"
+    path = FIXTURES / name
+    assert (report["op"], report["phase"], report["kind"], report["rule"]) == (
+        want["op"], want["phase"], want["kind"], want["rule"])
+    assert report["location"]["filename"] == str(path)
+    assert report["location"]["line"] == line_of(path, "# FAULT")
+    assert report["step"] == want["step"] and report["mode"] == want["mode"]
+    assert report["localized"] == "replay"
+    if mode == "default":  # per-op flags may see the value first; the producer is the same
+        assert report["detected"]["at"] == want["at"]
+    if "forward" in want:
+        assert report["forward"]["op"] == want["forward"]
+    if "function" in want:
+        assert report["location"]["function"] == want["function"]
+    assert report["hint"]
+    if name.startswith("fp16"):
+        assert "float16" in report["hint"]
+
+
+def test_messages_name_what_the_user_wrote(reports):
+    assert reports[("manual_sgd_sqrt.py", "default")]["detected"]["message"] == \
+        "the gradient of w is nan after backward()"
+    assert reports[("custom_backward.py", "default")]["detected"]["message"].startswith("the gradient of scale is")
+    assert "refused its input (all elements of input should be between 0 and 1)" in \
+        reports[("bce_minmax.py", "default")]["detected"]["message"]
+    assert reports[("printed_direction.py", "default")]["detected"]["message"] == "a tensor printed holds nan"
+
+
+@pytest.mark.parametrize("per_op", [False, True])
+@pytest.mark.parametrize("name", ["healthy_readbacks.py", "healthy_perop_masks.py"])
+def test_healthy_code_stays_silent(name, per_op):
+    report, incidents = _run(name, per_op)
+    assert report is None and incidents == 0
+
+
+def _report(report: dict) -> TrapReport:
+    fields = {k: v for k, v in report.items() if k in TrapReport.__dataclass_fields__}
+    fields["location"] = None
+    return TrapReport(**fields)
+
+
+def _panel(report: dict) -> str:
+    stream = io.StringIO()
+    render(_report(report), stream)
+    return stream.getvalue()
+
+
+def test_an_evaluation_step_is_called_so():
+    report = _run("eval_relative_error.py", False)[0]
+    assert _report(report).headline().endswith("(evaluation after step 3)")
+
+
+def test_divergence_is_diagnosed_with_its_history():
+    report, _ = _run("diverging_regression.py", False)
+    assert (report["op"], report["kind"]) == ("aten.mse_loss.default", "+inf")
+    div = report["divergence"]
+    assert div["lr"] == 0.2 and div["growth"] > 1e20
+    losses = [v for v in div["loss"] if isinstance(v, float)]
+    assert len(losses) >= 20 and losses == sorted(losses)  # the loss grew every step
+    assert len(div["steps"]) == len(div["loss"]) == len(div["grad_norm"])
+    assert any(isinstance(v, float) for v in div["grad_norm"])  # norms every few steps
+    assert "the run diverged" in report["hint"] and "learning rate 0.2" in report["hint"]
+    panel = _panel(report)
+    assert "the run diverged" in panel and "▁" in panel and "█" in panel
+
+
+def test_healthy_training_has_no_divergence():
+    """A loss that falls is not a divergence, nor is a short history."""
+    assert diagnose(list(range(8)), [5.0, 3.0, 2.0, 1.5, 1.2, 1.1, 1.0, float("nan")], [None] * 8, [None] * 8,
+                    [0.1]) is None
+    assert diagnose([0, 1, 2], [1.0, 1e9, float("inf")], [None] * 3, [None] * 3, [0.1]) is None  # too short
+
+
+def test_numpy_log_of_zero_is_reported():
+    path = FIXTURES / "numpy_logistic.py"
+    report, _ = _run("numpy_logistic.py", False)
+    assert report["framework"] == "numpy"
+    assert (report["op"], report["kind"], report["rule"]) == ("numpy.log", "-inf", "STB002")
+    assert report["location"]["line"] == line_of(path, "# FAULT") and report["step"] is None
+    assert np.geterr()["divide"] == "warn"  # NumPy's own settings are back
+
+
+def test_numpy_errors_silenced_by_the_program_stay_silent():
+    with stabcheck.trap(quiet=True):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.log(np.zeros(2))
+        np.float64(0.0) ** 2
+
+
+def test_a_swallowed_trap_stops_every_later_step(capsys):
+    """The panel says "run stopped": a script that catches NonFiniteError does not train on."""
+    report, _ = _run("swallowed_trap.py", False)
+    assert report is None  # the script caught it
+    out = capsys.readouterr().out
+    assert out.count("caught NonFiniteError") == 4  # steps 1..4: each one stopped again
+
+
+def test_training_threads_do_not_race_the_trap(monkeypatch):
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_type))
+    report, _ = _run("training_threads.py", False)
+    assert errors and set(errors) == {NonFiniteError}  # every thread stopped, by the trap only
+    assert report is None  # the main thread finished its join()
+
+
+def test_keyboard_interrupt_exits_as_python_does(tmp_path):
+    """No framework imported: a quick interpreter. Python dies of SIGINT; so does `stabcheck run`."""
+    script = tmp_path / "interrupted.py"
+    script.write_text("raise KeyboardInterrupt\n")
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=base_env())
+    result = stabcheck_run(script, tmp_path=tmp_path)
+    assert plain.returncode == result.returncode == -signal.SIGINT
+    assert "KeyboardInterrupt" in result.stderr
+
+
+def test_a_loop_without_backward_keeps_a_bounded_recording():
+    """Raw torch code outside modules is recorded by reference: a long loop with no step boundary must
+    not keep every temporary alive (memory stays near plain)."""
+    from stabcheck.runtime.torch_record import MAX_EVENT_BYTES
+
+    image = torch.rand(512, 512)  # 1 MiB
+    with stabcheck.trap(quiet=True) as trap:
+        for _ in range(200):
+            float((image * 2.0 + 1.0).mean())
+        held = trap.event_bytes
+    assert 0 < held <= MAX_EVENT_BYTES
