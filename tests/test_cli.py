@@ -182,13 +182,14 @@ def test_bad_files_are_per_file_diagnostics(tmp_path, capsys):
     assert code == 1
 
 
+@pytest.mark.slow
 def test_huge_generated_file(tmp_path, capsys):
     lines = ["import torch", "import torch.nn.functional as F"]
     lines += [f"w{i} = torch.log(torch.randn(3) + {i})" for i in range(50_000)]
     lines.append("bad = torch.log(F.softmax(torch.randn(3), -1))")
     f = write(tmp_path / "gen.py", "\n".join(lines) + "\n")
-    code, out, _ = run(capsys, "--output-format", "json", str(f))
-    assert [(d["code"], d["location"]["row"]) for d in json.loads(out)] == [("STB001", 50_003)]
+    code, out, _ = run(capsys, str(f))  # text: JSON would also show the fix, through libcst (tested elsewhere)
+    assert code == 1 and out.splitlines()[0].startswith(f"{f}:50003:") and " STB001 " in out
 
 
 def test_deep_nesting_does_not_crash(tmp_path, capsys):

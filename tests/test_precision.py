@@ -9,6 +9,8 @@ from __future__ import annotations
 import sysconfig
 from collections import Counter
 
+import pytest
+
 from stabcheck.checks import RULES
 from stabcheck.config import Settings
 from stabcheck.engine import FileJob, check_jobs
@@ -16,6 +18,7 @@ from stabcheck.files import discover
 from pathlib import Path
 
 
+@pytest.mark.slow
 def test_standard_library_is_clean():
     stdlib = sysconfig.get_paths()["stdlib"]
     files, missing, _ = discover([stdlib], Settings(root=Path(stdlib)))
@@ -33,16 +36,25 @@ NORM = "import torch\n\n\ndef unit(v):\n    return v / v.norm(dim=-1, keepdim=Tr
 
 
 def _check(tmp_path, files: dict, *args) -> tuple[int, list]:
+    """`stabcheck check . *args` in `tmp_path` (in this process), as (exit status, [(file, code)])."""
+    import contextlib
+    import io
     import json
-    import subprocess
-    import sys
+    import os
+
+    from stabcheck.cli import main
 
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    out = subprocess.run([sys.executable, "-m", "stabcheck", "check", "--no-cache", "--output-format", "json", *args, "."],
-                         cwd=tmp_path, capture_output=True, text=True)
-    return out.returncode, sorted((f["filename"].rsplit("/", 1)[-1], f["code"]) for f in json.loads(out.stdout))
+    out, cwd = io.StringIO(), os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main(["check", "--no-cache", "--output-format", "json", *args, "."])
+    finally:
+        os.chdir(cwd)
+    return code, sorted((f["filename"].rsplit("/", 1)[-1], f["code"]) for f in json.loads(out.getvalue()))
 
 
 def test_test_files_hold_oracles_the_bug_rules_leave_alone(tmp_path):
