@@ -48,7 +48,8 @@ def _build_parser() -> argparse.ArgumentParser:
                            epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("paths", nargs="*", default=None, metavar="PATH",
                        help="files or directories (default: .); - reads standard input")
-    check.add_argument("--select", metavar="CODES", help="comma-separated codes or prefixes to enable (e.g. STB0,STB101; ALL)")
+    check.add_argument("--select", metavar="CODES", help="comma-separated codes or prefixes to enable (e.g. STB0,STB101); DEFAULT: every rule's default tier "
+                       "(the default); ALL, a code or a prefix also enable the rule's opt-in shapes")
     check.add_argument("--ignore", metavar="CODES", help="comma-separated codes or prefixes to disable")
     check.add_argument("--extend-select", metavar="CODES", help="codes or prefixes to enable on top of the configured ones")
     check.add_argument("--output-format", choices=FORMATS, default=None,
