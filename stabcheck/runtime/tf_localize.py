@@ -188,7 +188,8 @@ class Localizer:
                 "the loss of the training step (model.fit / train_on_batch)"
             at, message = "loss", f"{what} is {kind_of_array(checked[0])}"
         else:
-            at, message = "backward", f"the gradients computed{f' in {fn.__name__}()' if users else ''} are {stash.kind}"
+            where_ = f" in {fn.__name__}()" if users else " by the training step (model.fit / train_on_batch)"
+            at, message = "backward", f"the gradients computed{where_} are {stash.kind}"
         detected = {"at": at, "message": message,
                     "location": dict(zip(("filename", "line", "function"), where)) if where else None}
         finding = self._data_finding(stash, user_where(sys._getframe(1)))
