@@ -19,6 +19,8 @@ import tokenize
 from collections import defaultdict
 from typing import TextIO
 
+from stabcheck.safe_write import digest, replace_if_unchanged
+
 from stabcheck.diagnostics import Diagnostic
 from stabcheck.suppress import _LINE, _SPLIT, _comments
 
@@ -85,8 +87,8 @@ def _rewrite_python(path: str, wanted: dict[int, set[str]]) -> tuple[int, int]:
         parts = _LINE_BREAK.split(source)
         for row, line in new.items():
             parts[2 * (row - 1)] = line
-        with open(path, "wb") as fh:
-            fh.write((("\ufeff" if bom else "") + "".join(parts)).encode(encoding))
+        if not _write(path, data, (("\ufeff" if bom else "") + "".join(parts)).encode(encoding)):
+            return 0, skipped + sum(len(codes) for codes in wanted.values())
     return len(new), skipped
 
 
@@ -124,10 +126,15 @@ def _rewrite_notebook(path: str, wanted: dict[tuple[int, int], set[str]]) -> tup
         replacement = json.dumps(line + ("\n" if old.endswith("\n") else ""), ensure_ascii=ascii_only)
         indent = literal[: len(literal) - len(literal.lstrip())]
         physical[where[at] - 1] = indent + replacement + ("," if comma else "") + literal[len(literal.rstrip()):]
-    if new:
-        with open(path, "wb") as fh:
-            fh.write(("\ufeff" if data.startswith(b"\xef\xbb\xbf") else "").encode() + "\n".join(physical).encode("utf-8"))
+    if new and not _write(path, data, ("\ufeff" if data.startswith(b"\xef\xbb\xbf") else "").encode()
+                          + "\n".join(physical).encode("utf-8")):
+        return 0, total
     return len(new), skipped + more
+
+
+def _write(path: str, old: bytes, new: bytes) -> bool:
+    """Atomically, and only if the file still holds the bytes the directives were planned on."""
+    return replace_if_unchanged(path, new, digest(old)) is None
 
 
 def add_noqa(diags: list[Diagnostic]) -> tuple[int, int]:

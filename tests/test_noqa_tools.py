@@ -112,3 +112,33 @@ def test_unused_noqa_from_the_command_line(tmp_path, capsys):
     code, out, _ = run(capsys, str(path))
     assert code == 1 and ":3:8: STB903 [*] unused `noqa` directive: STB001 suppresses nothing" in out
     assert run(capsys, "--ignore", "STB903", str(path))[0] == 0
+
+
+def test_add_noqa_replaces_the_file_atomically_and_skips_one_changed_meanwhile(tmp_path, capsys, monkeypatch):
+    """The directives replace the file whole (a new inode, the mode kept, no temporary left behind);
+    a file edited between the check and the write is left as the editor saved it."""
+    import os
+
+    from stabcheck import noqa_tools
+
+    path = tmp_path / "m.py"
+    path.write_text(HEAD + f"a = {LOG_SOFTMAX}\n")
+    path.chmod(0o640)
+    inode = path.stat().st_ino
+    code, _, err = run(capsys, "--add-noqa", str(path))
+    assert code == 0 and err.startswith("Added 1 noqa directive.")
+    assert path.read_text().endswith("# noqa: STB001\n")
+    assert path.stat().st_ino != inode and (path.stat().st_mode & 0o777) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["m.py"]
+
+    other = tmp_path / "n.py"
+    other.write_text(HEAD + f"b = {LOG_SOFTMAX}\n")
+    plan = noqa_tools.plan
+
+    def edited_meanwhile(source, wanted):
+        other.write_text("# saved by an editor\n")
+        return plan(source, wanted)
+
+    monkeypatch.setattr(noqa_tools, "plan", edited_meanwhile)
+    run(capsys, "--add-noqa", str(other))
+    assert other.read_text() == "# saved by an editor\n"
