@@ -79,15 +79,34 @@ def float_tensors(obj) -> list[torch.Tensor]:
     return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_sparse]
 
 
+# Tensor.item without the read-back check that readback.py installs (the trap's own reads are no incidents)
+host_item = torch._C.TensorBase.item
+
+
+def checkable(grad):
+    """The values of a gradient that a finiteness check reads: the tensor itself when dense, the
+    stored values of a sparse one (nn.Embedding(sparse=True)); None when not floating point."""
+    if grad is None or not grad.is_floating_point():
+        return None
+    if grad.layout == torch.strided:
+        return grad
+    if grad.layout == torch.sparse_coo:
+        return grad._values()
+    try:
+        return grad.values()  # compressed layouts (CSR, CSC, BSR, BSC)
+    except RuntimeError:
+        return None
+
+
 def finite_now(t: torch.Tensor) -> bool:
     if t.numel() == 1:
-        return math.isfinite(t.item())
+        return math.isfinite(host_item(t))
     return bool(torch.isfinite(t).all())
 
 
 def nan_free_now(t: torch.Tensor) -> bool:
     if t.numel() == 1:
-        return not math.isnan(t.item())
+        return not math.isnan(host_item(t))
     return not bool(torch.isnan(t).any())
 
 

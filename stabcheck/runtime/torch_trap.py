@@ -165,7 +165,16 @@ def _autograd_backward(tensors, *args, **kwargs):
         return _ORIG_BACKWARD(tensors, *args, **kwargs)
     trap.raise_if_stopped()
     trap.before_backward(tensors, args[0] if args else kwargs.get("grad_tensors"))
-    result = _ORIG_BACKWARD(tensors, *args, **kwargs)
+    # backward()'s own torch calls (the seed gradient) are no part of the step to record; after it, a
+    # step of module calls records again from its next module call (what runs in between -- clipping,
+    # the optimizer -- is no part of a forward, and the recording mode would cost every op there)
+    window = trap.window_open and not trap.module_events
+    trap.close_window()
+    try:
+        result = _ORIG_BACKWARD(tensors, *args, **kwargs)
+    finally:
+        if window:
+            trap.open_window()
     trap.after_backward(sys._getframe(1))
     return result
 
@@ -206,6 +215,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.last_checked = None
         self._found_inf: dict = {}
         self._grads_ok = False  # the last fused gradient check found every gradient finite
+        self._uniform_key = None  # (count, device, dtype) of gradients last found fit for the fused check
         self.module_events = 0
         self.grad_events = 0
         self.scaled = False  # a GradScaler scaled this step's loss: inf in backward is its business

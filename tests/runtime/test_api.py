@@ -204,3 +204,40 @@ def test_device_path_reads_nothing_back_until_the_step(monkeypatch, per_op):
     report = info.value.report
     assert (report.op, report.phase, report.kind, report.step) == ("aten.log.default", "forward", "-inf", 2)
     assert report.location.line == line_of(Path(__file__), "# the fault")
+
+
+def test_gradient_check_follows_a_model_whose_gradients_change_kind():
+    """The fused gradient check remembers that a model's gradients were of one kind; a model that later
+    yields sparse gradients (an Embedding with sparse=True) still has a NaN gradient caught, before the
+    update, with the producing op named."""
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = nn.Embedding(10, 4)
+            self.sparse = nn.Embedding(10, 4, sparse=True)
+            self.use_sparse = False
+
+        def forward(self, ids):
+            out = self.dense(ids)
+            if self.use_sparse:
+                out = out + self.sparse(ids).sqrt()  # sqrt at 0 only once the sparse table is zeroed
+            return out.sum()
+
+    model = Bag()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ids = torch.tensor([1, 2, 3])
+    with pytest.raises(NonFiniteError) as info:
+        with stabcheck.trap(quiet=True):
+            for step in range(6):
+                if step == 4:
+                    model.use_sparse = True
+                    with torch.no_grad():
+                        model.sparse.weight.zero_()
+                loss = model(ids)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    report = info.value.report
+    assert (report.step, report.phase, report.op, report.rule) == (4, "backward", "aten.div.Tensor", "STB202")
+    assert report.forward["op"] == "sqrt" and report.location.line == line_of(Path(__file__), "only once the sparse")
+    assert torch.isfinite(model.sparse.weight).all()  # stopped before the update
