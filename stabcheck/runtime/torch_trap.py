@@ -346,9 +346,10 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.raise_if_stopped()
         self.close_window()
         grad = torch.is_grad_enabled()
-        if self.step_done or self.in_step or not (grad or self.grad_events):
-            # a new step, a closure evaluated by optimizer.step() (each is a step of its own: LBFGS), or
-            # an inference call with no training call pending: nothing to keep
+        if self.step_done or (self.in_step and self.roots) or not (grad or self.grad_events):
+            # a new step, the next evaluation of a closure by optimizer.step() (each ends with its
+            # backward() and is a step of its own: LBFGS), or an inference call with no training call
+            # pending: nothing to keep
             self.new_step()
         elif self.module_events >= MAX_MODULE_EVENTS:
             self._drop_oldest()

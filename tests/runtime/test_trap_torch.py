@@ -19,6 +19,9 @@ FAULTS = [
      {"forward_op": "sqrt", "module": "net"}),
     ("naive_softmax.py", "aten.exp.default", "forward", "+inf", "STB005", "# FAULT", {"module": "model"}),
     ("fp16_exp_overflow.py", "aten.exp.default", "forward", "+inf", "STB005", "# FAULT", {"module": "model"}),
+    # L-BFGS evaluates its closure several times per step: the model's call is recorded with the loss's
+    ("lbfgs_closure_log.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT",
+     {"module": "model", "function": "forward"}),
     ("poisoned_parameter.py", None, "parameter", "+inf", None, "loss = criterion(model(x), y)",
      {"parameter": "model.2.weight", "module": "model.2"}),
 ]
