@@ -182,8 +182,13 @@ class Detector:
         else:
             grads = [v for v in map(checkable, grads) if v is not None]
             self.flush(grads, "optimizer", f"before {type(optimizer).__name__}.step()", optimizer)
-        # the update is about to run: this step is complete
-        self.steps += 1
+        # the update is about to run: this step is complete. Steps are counted on the first optimizer
+        # seen, so that a GAN's or actor-critic's optimizers stepping in turn count one iteration once
+        primary = self.primary_optimizer() if self.primary_optimizer is not None else None
+        if primary is None:
+            self.primary_optimizer, primary = self.last_optimizer, optimizer
+        if primary is optimizer:
+            self.steps += 1
         self.step_done = True
 
     def record_scalars(self, grads, optimizer=None) -> None:

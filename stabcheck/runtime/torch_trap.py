@@ -193,6 +193,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.step_loss = None  # the loss of this step (a 0-d tensor passed to backward())
         self.history: collections.deque = collections.deque(maxlen=divergence.HISTORY)  # flight recorder
         self.last_optimizer = None  # weakref of the optimizer of the last step
+        self.primary_optimizer = None  # weakref of the first optimizer seen: its steps are the step count
         self.steps = 0
         self.backward_calls = 0
         self.saw_optimizer = False

@@ -22,6 +22,8 @@ FAULTS = [
     # L-BFGS evaluates its closure several times per step: the model's call is recorded with the loss's
     ("lbfgs_closure_log.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT",
      {"module": "model", "function": "forward"}),
+    # two optimizers stepping in turn: the step is the iteration (the first optimizer's steps)
+    ("gan_saturated_discriminator.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT", {"step": 6}),
     ("poisoned_parameter.py", None, "parameter", "+inf", None, "loss = criterion(model(x), y)",
      {"parameter": "model.2.weight", "module": "model.2"}),
 ]
@@ -48,6 +50,8 @@ def test_fault_is_localized(run_trap, mode, fixture, op, phase, kind, rule, need
         assert report["forward"]["location"]["line"] == line_of(path, needle)
     if "parameter" in extra:
         assert report["parameter"] == extra["parameter"]
+    if "step" in extra:
+        assert report["step"] == extra["step"]
     assert report["hint"]
     # the panel is printed once, and no traceback from stabcheck (or anything) follows it
     assert result.stderr.count("╭─ stabcheck:") == 1
