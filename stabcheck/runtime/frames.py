@@ -34,16 +34,19 @@ def package_dir(name: str) -> str | None:
     return os.path.dirname(spec.origin) + os.sep if spec.origin else None
 
 
-def user_frame(frame, is_internal, stop_at_own: bool = False):
+def user_frame(frame, is_internal, stop_at_own: bool = False, pass_through=frozenset()):
     """First frame, from `frame` outwards, outside the libraries and outside stabcheck.
 
     With stop_at_own, reaching stabcheck's own code first means "no user frame
-    in between" (a replayed built-in module) and returns None.
+    in between" (a replayed built-in module) and returns None; the code objects
+    in `pass_through` (stabcheck's wrappers of library calls, such as
+    Module.__call__, which sit between a library op and the user's forward)
+    do not count as that.
     """
     while frame is not None:
         name = frame.f_code.co_filename
         if name.startswith(OWN_DIR):
-            if stop_at_own:
+            if stop_at_own and frame.f_code not in pass_through:
                 return None
         elif not is_internal(name):
             return frame

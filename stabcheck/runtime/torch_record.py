@@ -124,12 +124,16 @@ class TailMode(TorchFunctionMode):
         # `x[i] = v` returns nothing but changes x: a replay that recomputes x must change it too
         if isinstance(out, torch.Tensor) or name == "__setitem__" or (isinstance(out, (tuple, list)) and out
                                                                       and isinstance(out[0], torch.Tensor)):
-            if name == "__get__" or (is_inplace(func) and _is_parameter_update(args)):
+            try:
+                if name == "__get__" or (is_inplace(func) and _is_parameter_update(args)):
+                    return out
+                if trap.step_done:
+                    trap.new_step()
+                at = where(sys._getframe(1))
+                trap.record(OpEvent(func, args, kwargs, out, at, torch.is_grad_enabled(), rng))
+            except Exception:  # the recording must never break the user's call: this step is not replayable
+                trap.forget_step()
                 return out
-            if trap.step_done:
-                trap.new_step()
-            at = where(sys._getframe(1))
-            trap.record(OpEvent(func, args, kwargs, out, at, torch.is_grad_enabled(), rng))
             if func in LOSS_FUNCTIONS:
                 trap.check(out, "loss", f"{func.__name__}() returned", Location(*at) if at else None)
         return out
@@ -137,10 +141,17 @@ class TailMode(TorchFunctionMode):
 
 def _is_parameter_update(args) -> bool:
     """`w -= lr * w.grad`, `w.add_(...)`, an initialiser: an in-place write to a leaf that requires grad
-    is an update between steps, not part of a step's computation."""
+    is an update between steps, not part of a step's computation, and so is one to a view of such a leaf.
+    (requires_grad is asked first: is_leaf of a view made under no_grad, then written in place, raises.)"""
     target = args[0] if args else None
     targets = target if isinstance(target, (list, tuple)) else [target]  # _foreach_add_(params, ...)
-    return bool(targets) and all(isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad for t in targets)
+    return bool(targets) and all(isinstance(t, torch.Tensor) and (_is_parameter(t) or _is_parameter(t._base))
+                                 for t in targets)
+
+
+def _is_parameter(t) -> bool:
+    """A leaf that requires grad (`t._base` of a view written under no_grad: `weight[row].fill_(0)`)."""
+    return t is not None and t.requires_grad and t.is_leaf
 
 
 def is_inplace(func) -> bool:

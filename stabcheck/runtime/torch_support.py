@@ -48,9 +48,14 @@ def is_internal(filename: str) -> bool:
     return filename.startswith(_LIBRARY_DIRS) or filename.endswith(frames.SKIP_FILES) or filename.startswith("<frozen")
 
 
+# code objects of the trap's wrappers around library calls (Module.__call__, Function.apply): frames
+# that a walk from a replayed op to the user's forward passes through (filled in by torch_trap)
+PASS_THROUGH: set = set()
+
+
 def caller(frame, stop_at_own: bool = False):
     """First user frame from `frame` outwards (see frames.user_frame)."""
-    return frames.user_frame(frame, is_internal, stop_at_own)
+    return frames.user_frame(frame, is_internal, stop_at_own, PASS_THROUGH)
 
 
 def loc_of(frame) -> Location | None:

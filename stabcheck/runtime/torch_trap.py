@@ -34,8 +34,8 @@ from stabcheck.runtime.torch_detect import Detector, FlagMode
 from stabcheck.runtime.torch_localize import Localizer
 from stabcheck.runtime.torch_record import (MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent,
                                             TailMode)
-from stabcheck.runtime.torch_support import (OWN_DIR, caller, float_tensors, is_internal, kind_of, loc_of, rng_state,
-                                             tensor_stats, where)
+from stabcheck.runtime.torch_support import (OWN_DIR, PASS_THROUGH, caller, float_tensors, is_internal, kind_of,
+                                             loc_of, rng_state, tensor_stats, where)
 
 _ORIG_MODULE_CALL = torch.nn.Module.__call__
 _ORIG_BACKWARD = torch.autograd.backward
@@ -179,6 +179,9 @@ def _autograd_backward(tensors, *args, **kwargs):
     return result
 
 
+PASS_THROUGH.update({_module_call.__code__, _function_apply.__func__.__code__})
+
+
 class TorchTrap(Detector, Localizer, IncidentSink):
     def __init__(self, config: TrapConfig):
         self.config = config
@@ -320,6 +323,12 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.roots = []
         self.step_done = False
         self.scaled = False
+        self.module_events = self.grad_events = 0
+
+    def forget_step(self) -> None:
+        """Recording this step failed: keep nothing of it (a replay with a gap would mislead)."""
+        self.events = []
+        self.event_bytes = 0
         self.module_events = self.grad_events = 0
 
     def record(self, event) -> None:

@@ -22,6 +22,9 @@ FAULTS = [
     # L-BFGS evaluates its closure several times per step: the model's call is recorded with the loss's
     ("lbfgs_closure_log.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT",
      {"module": "model", "function": "forward"}),
+    # the producer is inside torch's attention: the line is the user's call of it, in their forward
+    ("mha_empty_sequence.py", "aten._softmax.default", "forward", "nan", "STB005", "# FAULT",
+     {"module": "model.attn", "function": "forward", "step": 3}),
     # two optimizers stepping in turn: the step is the iteration (the first optimizer's steps)
     ("gan_saturated_discriminator.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT", {"step": 6}),
     ("poisoned_parameter.py", None, "parameter", "+inf", None, "loss = criterion(model(x), y)",
