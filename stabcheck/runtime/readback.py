@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 
 import numpy as np
 import torch
@@ -36,25 +35,9 @@ def _item(self):
 
 
 def _float(self):
-    original = _ORIGINALS["__float__"]
-    value = original(self) if not self.requires_grad else _warning_at_caller(original, self)
+    value = _ORIGINALS["__float__"](self)  # its warning (requires grad) is moved to the user's line: warning_lines
     if not math.isfinite(value) and _trap is not None:
         _report(self, "float() returned")
-    return value
-
-
-def _warning_at_caller(method, tensor):
-    """Call `method`; a warning torch issues from C++ inside it (float() of a tensor that requires
-    grad) names the user's line, as under plain python, not this module's."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value = method(tensor)
-    frame = sys._getframe(2)
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, frame.f_code.co_filename, frame.f_lineno,
-                               module=frame.f_globals.get("__name__"),
-                               registry=frame.f_globals.setdefault("__warningregistry__", {}),
-                               module_globals=frame.f_globals)
     return value
 
 

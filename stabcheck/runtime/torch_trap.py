@@ -26,7 +26,7 @@ import threading
 import torch
 from torch.overrides import _get_current_function_mode
 
-from stabcheck.runtime import divergence, hints, readback
+from stabcheck.runtime import divergence, hints, readback, warning_lines
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
@@ -243,6 +243,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.handles = [register_optimizer_step_pre_hook(self._pre_step),
                         register_optimizer_step_post_hook(self._post_step)]
         readback.install(self)
+        warning_lines.install(is_internal)
         if self.flag_mode is not None:
             self.flag_mode.__enter__()
         self.installed = True
@@ -268,6 +269,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             torch.autograd.Function.apply = _ORIG_APPLY
             torch.optim.Optimizer.zero_grad = _ORIG_ZERO_GRAD
             readback.uninstall()
+            warning_lines.uninstall()
             if _GradScaler is not None:
                 _GradScaler.scale = _ORIG_SCALE
         finally:
