@@ -210,9 +210,13 @@ def _name(keypath) -> str:
     return f"keyword argument {getattr(keypath[1], 'key', '?')}{rest}"
 
 
+#: the compiled call returned NaN, the primitive-by-primitive evaluation does not (XLA's fusions)
+NOT_REPRODUCED = "not reproduced"
+
+
 def localize(fun, args, kwargs):
-    """The origin of the first NaN in `fun(*args, **kwargs)`'s outputs: a Producer, an Input, or
-    None (the NaN comes from a constant: written on purpose)."""
+    """The origin of the first NaN in `fun(*args, **kwargs)`'s outputs: a Producer, an Input, None
+    (the NaN comes from a constant: written on purpose) or NOT_REPRODUCED."""
     leaves_with_path, tree = jax.tree_util.tree_flatten_with_path((tuple(args), dict(kwargs)))
     leaves = [x for _, x in leaves_with_path]
     dynamic = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, np.ndarray))]
@@ -234,5 +238,5 @@ def localize(fun, args, kwargs):
     for x, o in zip(outvals, out_origins):
         if _kind(x) == "nan":
             return o
-    return None
+    return NOT_REPRODUCED
 

@@ -33,7 +33,7 @@ from jax._src import dispatch, source_info_util
 from stabcheck.runtime import frames, hints
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
-from stabcheck.runtime.jax_localize import Input, Producer, localize, neutral, user_where
+from stabcheck.runtime.jax_localize import NOT_REPRODUCED, Input, Producer, localize, neutral, user_where
 from stabcheck.runtime.numerics import array_stats
 from stabcheck.runtime.report import Location, TrapReport
 
@@ -192,6 +192,9 @@ class JaxTrap(IncidentSink):
             origin = localize(fun, args, kwargs)
         except Exception as exc:  # a function that cannot be traced again (side effects, odd arguments)
             return self._unlocalized(detected_at, detected["message"], f"re-evaluation failed ({type(exc).__name__})")
+        if origin == NOT_REPRODUCED:
+            return self._unlocalized(detected_at, detected["message"],
+                                     "evaluating it primitive by primitive gave no NaN (a compiled fusion?)")
         if origin is None:
             self._intentional.add(key)  # a NaN written on purpose (a constant): JAX's check is too strict
             return None
