@@ -28,6 +28,6 @@ def test_rule_table_lists_the_registry():
 
 
 def test_ci_runs_the_readme_test_command():
-    command = 'pip install torch==2.13.0 tensorflow-cpu -e ".[test]" && python -m pytest'
+    command = 'pip install torch==2.13.0 tensorflow-cpu "jax[cpu]==0.10.2" -e ".[test]" && python -m pytest'
     assert command in README
     assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

@@ -53,9 +53,9 @@ def _uninstall(final_check: bool = True) -> None:
 def last_stopped():
     """The report of the last trap that stopped its run (None if none did)."""
     if _last_stopped is None:
-        from stabcheck.runtime import numpy_api, tf_api
+        from stabcheck.runtime import jax_api, numpy_api, tf_api
 
-        return tf_api.last_stopped() or numpy_api.last_stopped()
+        return tf_api.last_stopped() or jax_api.last_stopped() or numpy_api.last_stopped()
     return _last_stopped
 
 
@@ -84,14 +84,16 @@ class trap(contextlib.ContextDecorator):
     def __enter__(self):
         global _depth
         with _lock:
-            from stabcheck.runtime import incident, numpy_api, tf_api
+            from stabcheck.runtime import incident, jax_api, numpy_api, tf_api
 
             if self.on_report is not None:
                 incident.listeners.append(self.on_report)
             # TensorFlow code: trapped now if TensorFlow is imported, else as soon as it is
             self._tf_owner = tf_api.enter(self.config)
+            self._jax_owner = jax_api.enter(self.config)  # JAX: the same
             self._np_owner = numpy_api.enter(self.config)  # NumPy's floating-point errors
-            self._torch = not (tf_api.tf_loaded() and "torch" not in sys.modules)  # TF-only code skips torch
+            # TF-only or JAX-only code skips torch
+            self._torch = not ((tf_api.tf_loaded() or jax_api.jax_loaded()) and "torch" not in sys.modules)
             if self._torch:
                 try:
                     # importing torch may start a pending `stabcheck run` trap (then this one nests in it)
@@ -99,7 +101,7 @@ class trap(contextlib.ContextDecorator):
                 except ImportError:
                     self._torch = False
             if not self._torch:
-                return tf_api.current()
+                return tf_api.current() or jax_api.current()
             _depth += 1
             if _trap is None:
                 try:
@@ -120,10 +122,12 @@ class trap(contextlib.ContextDecorator):
     def _exit(self, exc_type):
         global _depth
         with _lock:
-            from stabcheck.runtime import numpy_api, tf_api
+            from stabcheck.runtime import jax_api, numpy_api, tf_api
 
             numpy_api.exit(getattr(self, "_np_owner", False))
             self._np_owner = False
+            jax_api.exit(getattr(self, "_jax_owner", False))
+            self._jax_owner = False
             tf_owner, self._tf_owner = getattr(self, "_tf_owner", False), False
             tf_api.exit(tf_owner, final_check=exc_type is None)
             if not getattr(self, "_torch", True):
@@ -154,9 +158,10 @@ def start(config: TrapConfig) -> None:
     """Activate the trap now if torch is imported, else as soon as it is."""
     global _hook, _depth
     with _lock:
-        from stabcheck.runtime import numpy_api, tf_api
+        from stabcheck.runtime import jax_api, numpy_api, tf_api
 
         tf_api.start(config)  # TensorFlow/Keras: the same, for `import tensorflow`
+        jax_api.enter(config)  # JAX: jax_debug_nans, localized by stabcheck
         numpy_api.enter(config, wait_for_import=True)  # NumPy: floating-point error callbacks
         if _trap is not None:
             return
@@ -170,9 +175,10 @@ def start(config: TrapConfig) -> None:
 def stop(final_check: bool = True) -> None:
     global _hook, _depth
     with _lock:
-        from stabcheck.runtime import numpy_api, tf_api
+        from stabcheck.runtime import jax_api, numpy_api, tf_api
 
         tf_api.stop(final_check)
+        jax_api.exit()
         numpy_api.exit()
         if _hook is not None:
             _hook.remove()

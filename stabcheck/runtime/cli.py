@@ -22,7 +22,9 @@ trap then replays the failing step with every op checked and reports the op
 that produced the value: op, file:line, phase, module, input statistics, hint.
 TensorFlow/Keras (imported only if the script does): the loss and gradients of
 GradientTape.gradient are checked (eager, tf.function, model.fit); --per-op
-applies to PyTorch only.
+applies to PyTorch only. JAX (likewise): jax_debug_nans detects a NaN in the
+outputs of a jitted call or an eager op, and the call is re-evaluated primitive
+by primitive to name the op that made it.
 
 exit status: the script's own; {EXIT_TRAPPED} when the trap stopped the run; 2 for a
 usage error or a missing script.

@@ -10,12 +10,22 @@ import importlib.util
 import os
 import re
 import sys
+import sysconfig
 
 import stabcheck
 from stabcheck.runtime.report import Location
 
 OWN_DIR = os.path.dirname(stabcheck.__file__) + os.sep
 SKIP_FILES = ("contextlib.py", "functools.py")
+
+LIBRARY_DIRS = tuple(dict.fromkeys(
+    os.path.join(p, "") for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    if p))
+
+
+def is_library(filename: str) -> bool:
+    """Installed or standard-library code, or stabcheck's own: not the user's script."""
+    return filename.startswith((*LIBRARY_DIRS, OWN_DIR)) or filename.startswith("<")
 
 
 def package_dir(name: str) -> str | None:

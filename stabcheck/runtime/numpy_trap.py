@@ -14,7 +14,6 @@ import linecache
 import os
 import re
 import sys
-import sysconfig
 import warnings
 
 import numpy as np
@@ -35,15 +34,7 @@ _UFUNCS = {
 _CALL = re.compile(r"\b(?:np|numpy)\.(\w+)\s*\(")
 _ERROR_KIND = {"divide by zero": "+inf", "overflow": "+inf", "invalid value": "nan"}
 
-
-_LIBRARY_DIRS = tuple(dict.fromkeys(
-    os.path.join(p, "") for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
-    if p))
-
-
-def _is_library(filename: str) -> bool:
-    """Installed or standard-library code, or stabcheck's own: not the user's script."""
-    return filename.startswith((*_LIBRARY_DIRS, frames.OWN_DIR)) or filename.startswith("<")
+_is_library = frames.is_library
 
 
 def _ufunc_on(line: str, error: str) -> str | None:

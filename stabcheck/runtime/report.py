@@ -3,7 +3,7 @@
 JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
 
     status      "trapped" (the run was stopped) or "warned" (--action warn)
-    framework   "torch" | "tensorflow"
+    framework   "torch" | "tensorflow" | "numpy" | "jax"
     phase       "forward" | "backward" | "parameter" | "input" | "unknown"
     op          producing op ("aten.log.default"; TensorFlow: the op type, "Log");
                 null for parameter/input
@@ -21,9 +21,10 @@ JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
                 gradients, or its modules were in eval mode); null if unknown
     rank        RANK of a distributed run, else null
     hint, rule  likely cause and fix; static rule code (STBnnn) or null
-    detected    {at: "loss" | "backward" | "gradient" | "optimizer" | "op" | "read" | "exit",
+    detected    {at: "loss" | "backward" | "gradient" | "optimizer" | "op" | "read" | "exit" | "jit",
                  message, location}; "gradient": .grad checked after a backward() that
                  no optimizer step follows; "read": a host read-back (.item(), print, ...)
+                 "jit": the outputs of a jitted JAX call (jax_debug_nans)
     localized   "replay" | "per-op" | "no": how the producer was found
     divergence  null, or the run diverged before the value overflowed: {steps,
                 loss, grad_norm, param_norm (lists, null where not recorded;

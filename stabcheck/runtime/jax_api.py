@@ -1,0 +1,74 @@
+"""Activation of the JAX trap (jax_trap.py) without importing JAX: now if the program has imported
+it, else right after it does. Nested activations reuse the first."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from stabcheck.runtime.config import TrapConfig
+from stabcheck.runtime.import_hook import AfterImport
+
+_lock = threading.RLock()
+_hook: AfterImport | None = None
+_last_stopped = None
+
+
+def jax_loaded() -> bool:
+    module = sys.modules.get("jax")
+    return module is not None and hasattr(module, "jit")
+
+
+def _active():
+    module = sys.modules.get("stabcheck.runtime.jax_trap")
+    return module._ACTIVE if module is not None else None
+
+
+def current():
+    """The active JaxTrap, or None."""
+    return _active()
+
+
+def enter(config: TrapConfig) -> bool:
+    """Trap NaN in JAX code now, or as soon as JAX is imported; True if this call owns the trap."""
+    global _hook
+    with _lock:
+        if _active() is not None or _hook is not None:
+            return False
+        if jax_loaded():
+            from stabcheck.runtime import jax_trap
+
+            jax_trap.activate(config)
+        else:
+            _hook = AfterImport("jax", lambda: _on_import(config)).install()
+        return True
+
+
+def _on_import(config: TrapConfig) -> None:
+    global _hook
+    with _lock:
+        _hook = None
+        if _active() is None:
+            from stabcheck.runtime import jax_trap
+
+            jax_trap.activate(config)
+
+
+def exit(owner: bool = True) -> None:  # noqa: A001 - pairs with enter()
+    global _hook, _last_stopped
+    with _lock:
+        if not owner:
+            return
+        if _hook is not None:
+            _hook.remove()
+            _hook = None
+        if _active() is not None:
+            from stabcheck.runtime import jax_trap
+
+            trap = jax_trap.deactivate()
+            _last_stopped = trap.stopped if trap is not None else None
+
+
+def last_stopped():
+    """The report of the last JAX trap that stopped its run (None if none did)."""
+    return _last_stopped
