@@ -15,6 +15,7 @@ a replay. Nested traps reuse the outermost one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import threading
@@ -142,7 +143,9 @@ class trap(contextlib.ContextDecorator):
             incident.listeners.remove(self.on_report)
 
     def _recreate_cm(self):  # a fresh context per decorated call
-        return trap(**vars(self.config), on_report=self.on_report)
+        fresh = trap(on_report=self.on_report)
+        fresh.config = dataclasses.replace(self.config)
+        return fresh
 
 
 # -- `stabcheck run`: install when the script imports torch --------------------

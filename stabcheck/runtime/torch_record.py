@@ -140,7 +140,16 @@ def _is_parameter_update(args) -> bool:
     is an update between steps, not part of a step's computation."""
     target = args[0] if args else None
     targets = target if isinstance(target, (list, tuple)) else [target]  # _foreach_add_(params, ...)
-    return bool(targets) and all(isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad for t in targets)
+    return bool(targets) and all(isinstance(t, torch.Tensor) and _is_trained_leaf(t) for t in targets)
+
+
+def _is_trained_leaf(t: torch.Tensor) -> bool:
+    """A leaf that requires grad, or a view of one (`weight[0].fill_(0)` under no_grad: nn.Embedding's
+    padding row). Such a view's own grad_fn must not be read: torch raises for a no_grad view written
+    in place."""
+    if t._is_view() and not torch.is_grad_enabled():
+        t = t._base
+    return t.is_leaf and t.requires_grad
 
 
 def is_inplace(func) -> bool:
