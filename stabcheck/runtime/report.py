@@ -28,7 +28,8 @@ JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
                 `stabcheck run` re-ran the script to the step with per-op checks)
     rerun       null, or what the re-run did: {outcome: "localized" | "not reproduced" |
                 "not localized" | "failed" | "timed out" | "interrupted" | "skipped",
-                step (re-run to), seconds, detail (the line shown in the panel)}
+                step (re-run to), seconds, detail (the line shown in the panel), first (what
+                the first run detected, and why its replay failed)}
     divergence  null, or the run diverged before the value overflowed: {steps,
                 loss, grad_norm, param_norm (lists, null where not recorded;
                 norms every 24 steps), lr, growth}

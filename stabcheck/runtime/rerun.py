@@ -95,7 +95,7 @@ class RerunPlan:
         reason = self._why_not(trap, elapsed)
         if reason:
             report.rerun = {"outcome": "skipped", "step": report.step, "seconds": None,
-                            "detail": f"not re-run: {reason}"}
+                            "detail": f"not re-run: {reason}", "first": None}
             return False
         self.report, self.elapsed = report, elapsed
         if not self.config.quiet:
@@ -226,22 +226,25 @@ def _failure(status: int, err_path: str) -> str:
 def _merge(first: TrapReport, outcome: str, child: dict | None, detail: str, step: int, seconds: float,
            limit: float, elapsed: float) -> TrapReport:
     """The report to show: the child's when it found the producer, else the first one, saying why not."""
-    record = {"outcome": None, "step": step, "seconds": seconds, "detail": ""}
+    record = {"outcome": None, "step": step, "seconds": seconds, "detail": "", "first": first.detected.get("message")}
     ran = f"re-ran the script to step {step} with per-op checks"
-    if outcome == "found" and (child.get("step") or 0) > step:
-        outcome = "none"  # it went past the step (an unseeded run): not the same value
+    met = child.get("step") if outcome == "found" else None
+    if met is not None and met > step:
+        outcome = "none"  # it went past the step (the limit is checked at step ends only)
     if outcome == "found" and child.get("localized") != "no":
         final = TrapReport.from_dict(child)
         final.status, final.localized = first.status, "rerun"
-        found_at = final.step
         record.update(outcome="localized", detail=f"{ran}, as a replay of the step could not localize the value"
-                      if found_at == step else
-                      f"re-ran the script with per-op checks: the first non-finite value is at step {found_at}, "
+                      if met == step else
+                      f"re-ran the script with per-op checks: the first non-finite value is at step {met}, "
                       f"before the one detected at step {step}")
         final.rerun = record
         return final
     final = first
-    if outcome == "found":  # the value came back, and per-op checks did not see its producer either
+    if outcome == "found" and met != step:  # checked from step N on only: it is not the same run
+        record.update(outcome="not reproduced", detail=f"{ran}: it met a non-finite value at step {met} already")
+        final.hint = hints.RERUN_MISSED_HINT
+    elif outcome == "found":  # the value came back, and per-op checks did not see its producer either
         record.update(outcome="not localized", detail=f"{ran}: the value came back, no checked op produced it")
         final.hint = hints.RERUN_UNSEEN_HINT
     elif outcome == "none":
