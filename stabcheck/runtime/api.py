@@ -142,10 +142,14 @@ class trap(contextlib.ContextDecorator):
         if self.on_report in incident.listeners:
             incident.listeners.remove(self.on_report)
 
-    def _recreate_cm(self):  # a fresh context per decorated call
-        fresh = trap(on_report=self.on_report)
-        fresh.config = dataclasses.replace(self.config)
+    @classmethod
+    def from_config(cls, config: TrapConfig, on_report=None) -> "trap":
+        fresh = cls(on_report=on_report)
+        fresh.config = dataclasses.replace(config)
         return fresh
+
+    def _recreate_cm(self):  # a fresh context per decorated call
+        return trap.from_config(self.config, self.on_report)
 
 
 # -- `stabcheck run`: install when the script imports torch --------------------
