@@ -56,7 +56,7 @@ class TrapNonFinite(keras.callbacks.Callback):
             return
         from stabcheck.runtime.api import trap
 
-        cm = trap(**vars(self.config))
+        cm = trap.from_config(self.config)
         active = cm.__enter__()
         self._cm = cm
         if backend == "tensorflow" and active is not None and hasattr(active, "on_stop"):

@@ -15,6 +15,7 @@ a replay. Nested traps reuse the outermost one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import threading
@@ -145,8 +146,14 @@ class trap(contextlib.ContextDecorator):
         if self.on_report in incident.listeners:
             incident.listeners.remove(self.on_report)
 
+    @classmethod
+    def from_config(cls, config: TrapConfig, on_report=None) -> "trap":
+        fresh = cls(on_report=on_report)
+        fresh.config = dataclasses.replace(config)
+        return fresh
+
     def _recreate_cm(self):  # a fresh context per decorated call
-        return trap(**vars(self.config), on_report=self.on_report)
+        return trap.from_config(self.config, self.on_report)
 
 
 # -- `stabcheck run`: install when the script imports torch --------------------

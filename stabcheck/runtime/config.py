@@ -34,6 +34,9 @@ class TrapConfig:
     report_json: str | None = None  # write the report there (JSON, DESIGN.md schema)
     per_op: bool = False  # continuous per-op checking with deferred device-side flags
     quiet: bool = False  # no panel on stderr (the JSON is still written)
+    # a re-run by `stabcheck run` (rerun.py): per-op checks from step N on; the process ends at its
+    # report or once step N is over
+    rerun_until: int | None = None
 
     def __post_init__(self):
         if self.action not in ACTIONS:

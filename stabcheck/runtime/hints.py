@@ -76,6 +76,16 @@ UNREPLAYABLE_HINT = ("the step could not be replayed (no nn.Module call was reco
 UNLOCALIZED_HINT = ("the value became non-finite but replaying the step did not reproduce it (nondeterministic kernels, "
                     "compiled code, or state the replay cannot see); rerun with --per-op to check every op as it runs")
 
+RERUN_MISSED_HINT = ("the value became non-finite, but a re-run of the script to the same step with every op checked "
+                     "did not meet it there: the run does not repeat itself (unseeded random numbers, shuffled data "
+                     "order, a checkpoint or other files the first run wrote, nondeterministic kernels); seed it "
+                     "(torch.manual_seed, numpy, random, the DataLoader's generator) and skip resuming when "
+                     "STABCHECK_RERUN is set so that a re-run can localize it, or run with --per-op to check every "
+                     "op as it runs")
+RERUN_UNSEEN_HINT = ("the value came back when the script was re-run with every op checked, but no checked op produced "
+                     "it: it comes from code a Python dispatch mode does not see (another thread, a C/CUDA extension "
+                     "writing in place, compiled code); check that code's inputs and outputs")
+
 
 def base_name(op: str | None) -> str:
     """`aten.log.default` -> `log`; `aten.div.Tensor` -> `div`; `SqrtBackward0` -> `sqrt`."""

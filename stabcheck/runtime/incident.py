@@ -10,8 +10,9 @@ import sys
 from dataclasses import dataclass, field
 
 from stabcheck.runtime import hints
-from stabcheck.runtime.config import NonFiniteError
+from stabcheck.runtime.config import EXIT_TRAPPED, NonFiniteError
 from stabcheck.runtime.report import Location, TrapReport, render, write_json
+from stabcheck.runtime.rerun import exit_now
 
 
 @dataclass
@@ -33,6 +34,10 @@ class Finding:
 #: Called with every report as it is emitted, before a stop raises (`trap(on_report=...)`; the
 #: IPython extension shows each one in the cell that ran it).
 listeners: list = []
+
+#: `stabcheck run` only (rerun.RerunPlan.defer): called with (trap, report) for the first report,
+#: before it is printed; True when the runner prints it later, after re-running the script.
+defer = None
 
 
 def _env_int(name: str) -> int | None:
@@ -77,14 +82,22 @@ class IncidentSink:
     def emit(self, report: TrapReport) -> None:
         self.incidents += 1
         self.muted = True
+        deferred = False
         if self.first_report is None:
             self.first_report = report
-            if self.config.report_json:
+            if defer is not None:
+                try:
+                    deferred = defer(self, report)
+                except Exception:  # the report is printed now, as without a re-run
+                    deferred = False
+            if self.config.report_json:  # written now even when deferred: the run may never end cleanly
                 try:
                     write_json(report, self.config.report_json, _env_int("WORLD_SIZE"))
                 except OSError as exc:
                     print(f"stabcheck: cannot write {self.config.report_json}: {exc}", file=sys.stderr)
-        if not self.config.quiet:
+            if self.config.rerun_until is not None:  # a re-run: its report is written, it has done its job
+                exit_now(EXIT_TRAPPED)
+        if not self.config.quiet and not deferred:
             render(report)
         for listener in list(listeners):
             try:

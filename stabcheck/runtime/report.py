@@ -25,7 +25,12 @@ JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
                  message, location}; "gradient": .grad checked after a backward() that
                  no optimizer step follows; "read": a host read-back (.item(), print, ...)
                  "jit": the outputs of a jitted JAX call (jax_debug_nans)
-    localized   "replay" | "per-op" | "no": how the producer was found
+    localized   "replay" | "per-op" | "rerun" | "no": how the producer was found ("rerun":
+                `stabcheck run` re-ran the script to the step with per-op checks)
+    rerun       null, or what the re-run did: {outcome: "localized" | "not reproduced" |
+                "not localized" | "failed" | "timed out" | "interrupted" | "skipped",
+                step (re-run to), seconds, detail (the line shown in the panel), first (what
+                the first run detected, and why its replay failed)}
     divergence  null, or the run diverged before the value overflowed: {steps,
                 loss, grad_norm, param_norm (lists, null where not recorded;
                 norms every 24 steps), lr, growth}
@@ -76,12 +81,21 @@ class TrapReport:
     framework: str = "torch"
     mode: str | None = None  # "training" or "evaluation" (no gradient, or modules in eval mode)
     divergence: dict | None = None  # the run diverged: recent loss / norms, learning rate (divergence.py)
+    rerun: dict | None = None  # `stabcheck run` re-ran the script to localize the value (rerun.py)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         order = ["status", "framework", "phase", "op", "kind", "location", "module", "forward", "parameter",
-                 "inputs", "outputs", "step", "mode", "rank", "hint", "rule", "detected", "localized", "divergence"]
+                 "inputs", "outputs", "step", "mode", "rank", "hint", "rule", "detected", "localized", "divergence", "rerun"]
         return {key: data[key] for key in order}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrapReport":
+        """A report read back from its JSON (a re-run's)."""
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if data.get("location"):
+            data["location"] = Location(**data["location"])
+        return cls(**data)
 
     def headline(self) -> str:
         what = {"nan": "NaN", "+inf": "+Inf", "-inf": "-Inf"}.get(self.kind, self.kind)
@@ -155,6 +169,8 @@ def render(report: TrapReport, stream=None, text_only: bool = False) -> None:
             known = [v for v in values if isinstance(v, float)]
             if known:
                 lines.append((label, f"{sparkline(values)}  {_fmt_num(known[0])} -> {_fmt_num(known[-1])}"))
+    if report.rerun:
+        lines.append(("rerun", report.rerun.get("detail", "")))
     if report.hint:
         lines.append(("hint", report.hint))
     if report.rule:

@@ -23,8 +23,9 @@ import types
 import zipfile
 
 import stabcheck
-from stabcheck.runtime import api
+from stabcheck.runtime import api, incident
 from stabcheck.runtime.config import ENV_VAR, EXIT_TRAPPED, NonFiniteError, TrapConfig
+from stabcheck.runtime.rerun import RerunPlan
 
 _OWN_DIR = os.path.dirname(stabcheck.__file__) + os.sep
 
@@ -109,13 +110,16 @@ def _exec_script(path: str) -> None:
     exec(code, main.__dict__)
 
 
-def run(config: TrapConfig, target: str, args: list[str], module: bool = False) -> int:
-    """Run `target` (a path, or a module name with module=True) with `args`; return the exit status."""
+def run(config: TrapConfig, target: str, args: list[str], module: bool = False, rerun: bool = False) -> int:
+    """Run `target` (a path, or a module name with module=True) with `args`; return the exit status.
+    rerun: a value the replay cannot localize is localized by running the script again (rerun.py)."""
     if not module:
         path = os.path.abspath(target)
         if not os.path.exists(path):
             print(f"stabcheck run: can't open file {path!r}: [Errno 2] No such file or directory", file=sys.stderr)
             return 2
+    plan = RerunPlan(config, target, args, module) if rerun else None  # before the script changes anything
+    incident.defer = plan.defer if plan is not None else None
     os.environ[ENV_VAR] = config.to_env()
     _patch_spawn()
     sys.argv = [target, *args]
@@ -128,6 +132,7 @@ def run(config: TrapConfig, target: str, args: list[str], module: bool = False) 
     api.start(config)
     threading.excepthook = _thread_excepthook
     status = 0
+    stopped = None  # the message of the trap's NonFiniteError, printed last
     try:
         try:
             if module:
@@ -142,7 +147,7 @@ def run(config: TrapConfig, target: str, args: list[str], module: bool = False) 
         status = _exit_code(exc.code)
     except NonFiniteError as exc:
         status = EXIT_TRAPPED
-        print(f"{exc} -- run stopped (exit status {EXIT_TRAPPED})", file=sys.stderr)
+        stopped = str(exc)
     except ImportError as exc:
         if module and _strip(exc.__traceback__) is None:  # raised by runpy itself: no such module
             print(f"stabcheck run: {exc}", file=sys.stderr)
@@ -156,6 +161,12 @@ def run(config: TrapConfig, target: str, args: list[str], module: bool = False) 
     trap = api.last_stopped()
     if status == 0 and trap is not None:
         status = EXIT_TRAPPED  # the script swallowed the trap's exception: the run still failed
+    incident.defer = None
+    final = _finish_rerun(plan)
+    if stopped is not None:
+        if final is not None:
+            stopped = f"stabcheck: {final.headline()}"
+        print(f"{stopped} -- run stopped (exit status {EXIT_TRAPPED})", file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -167,6 +178,17 @@ def run(config: TrapConfig, target: str, args: list[str], module: bool = False) 
 
 
 _SIGINT = -signal.SIGINT
+
+
+def _finish_rerun(plan):
+    """Re-run the script for a report the replay could not localize (the final report, or None)."""
+    if plan is None:
+        return None
+    try:
+        return plan.finish()
+    except Exception as exc:  # never a traceback of stabcheck's own
+        print(f"stabcheck: the re-run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
 
 
 def _die_of_sigint() -> int:

@@ -37,6 +37,8 @@ class _Found(Exception):
 class CheckMode(TorchDispatchMode):
     """Exact, synchronous per-op check used while replaying a step."""
 
+    replaying = True  # ops run from the replay (stabcheck's code): no user frame above it counts
+
     def __init__(self, trap: Any):
         super().__init__()
         self.trap = trap
@@ -48,9 +50,16 @@ class CheckMode(TorchDispatchMode):
             kwargs = {}
         if self.found is not None:
             return func(*args, **kwargs)
+        out, self.found = self.examine(func, args, kwargs, sys._getframe(1))
+        if self.found is not None:
+            raise _Found()
+        return out
+
+    def examine(self, func, args, kwargs, frame) -> tuple[Any, Finding | None]:
+        """Run the op: (its output, a Finding when it produced a non-finite value from finite inputs)."""
         name = hints.base_name(str(func))
         if getattr(func, "is_view", False) or (name in NOT_PRODUCERS and name not in CASTS):
-            return func(*args, **kwargs)  # views, uninitialised memory, initialisers: never the producer
+            return func(*args, **kwargs), None  # views, uninitialised memory, initialisers: never the producer
         inputs = float_tensors((args, kwargs))
         mutable = func._schema.is_mutable
         before = [t.detach().clone() for t in inputs] if mutable else inputs
@@ -58,7 +67,7 @@ class CheckMode(TorchDispatchMode):
         outs = [t for t in float_tensors(out) if t.numel()]
         bad = [t for t in outs if not bool(torch.isfinite(t).all())]
         if not bad:
-            return out
+            return out, None
         out_nan = any(bool(torch.isnan(t).any()) for t in bad)
         in_nan = any(bool(torch.isnan(t).any()) for t in before)
         in_inf = any(bool(torch.isinf(t).any()) for t in before)
@@ -66,12 +75,36 @@ class CheckMode(TorchDispatchMode):
         # other copies only move an inf that is there on purpose
         narrowing = name in CASTS and any(torch.finfo(t.dtype).max > torch.finfo(bad[0].dtype).max for t in before)
         writer = (name in INF_WRITERS and not narrowing) or (name == "log" and len(before) == 1
-                                                            and _on_constants(self.event) and _is_mask(before[0]))
+                                                            and self.from_constants(before) and _is_mask(before[0]))
         kind = producer_kind(out_nan, in_nan, in_inf, bool(before), writer, lambda: kind_of(bad[0]))
         if kind is None:
-            return out  # propagated, or an intentional inf (mask, fill, constant)
-        self.found = self.trap._finding_for_op(func, kind, args, kwargs, before, outs, self)
-        raise _Found()
+            return out, None  # propagated, or an intentional inf (mask, fill, constant)
+        return out, self.trap._finding_for_op(func, kind, args, kwargs, before, outs, self, frame)
+
+    def from_constants(self, inputs) -> bool:
+        return _on_constants(self.event)
+
+
+class WatchMode(CheckMode):
+    """The failing step of a re-run (rerun.py): CheckMode's exact check of every op as it runs. The
+    first producer is kept for the report and the run goes on: the trap's detection decides whether
+    that value is the fault (a NaN that a where() drops never trips it)."""
+
+    replaying = False  # ops run from the user's code (through the trap's recording mode)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        if self.found is not None or self.trap.busy:
+            return func(*args, **kwargs)
+        out, found = self.examine(func, args, kwargs, sys._getframe(1))
+        if found is not None:
+            found.localized = "per-op"
+            self.found = found
+        return out
+
+    def from_constants(self, inputs) -> bool:
+        return not any(t.requires_grad for t in inputs)  # no recorded event to ask: the values tell
 
 
 
@@ -120,14 +153,14 @@ class Localizer:
                         return f"{root}.{name}" if name else root
         return None
 
-    def _finding_for_op(self, func, kind, args, kwargs, inputs, outs, check: CheckMode) -> Finding:
+    def _finding_for_op(self, func, kind, args, kwargs, inputs, outs, check: CheckMode, frame) -> Finding:
         node = torch._C._current_autograd_node()
         event = check.event
         module = self._module_path(self.mod_stack[-1]) if self.mod_stack else None
         values = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, (torch.Tensor, int, float))
                   and not isinstance(a, bool)]
         input_stats = stats_list(inputs if func._schema.is_mutable else values)
-        user = loc_of(caller(sys._getframe(2), stop_at_own=True))
+        user = loc_of(caller(frame, stop_at_own=check.replaying))
         if node is None:
             location = user
             if location is None and event is not None:
@@ -174,6 +207,8 @@ class Localizer:
             for t in float_tensors((event.args, event.kwargs)):
                 if id(t) in produced or written.get(id(t), -1) >= index:  # its value now is not what was read
                     continue
+                if self._made_in_step(t, produced):
+                    continue
                 if not (bool(torch.isnan(t).any()) if id(t) in constants else not bool(torch.isfinite(t).all())):
                     continue
                 module = root_name(event.module) if isinstance(event, ModuleEvent) else None
@@ -189,6 +224,19 @@ class Localizer:
                         return Finding("parameter", None, kind_of(p), None, None, None, "optimizer parameter",
                                        [], [tensor_stats(p)], "replay")
         return None
+
+    def _made_in_step(self, t, produced: set) -> bool:
+        """Computed by this step, though no recorded call made it: a view taken by attribute (`h.T`,
+        `.mT`: not recorded) of a value the step made, or the output of a call the recording dropped."""
+        for value in (t, t._base):
+            if value is None:
+                continue
+            if id(value) in produced and value is not t:
+                return True
+            ref = self.dropped.get(id(value))
+            if ref is not None and ref() is value:
+                return True
+        return False
 
     def _written_in_place(self) -> dict:
         """id -> index of the last recorded call of this step that wrote the tensor in place (self of
@@ -281,6 +329,8 @@ class Localizer:
     def _localize(self, detected: dict, optimizer=None, flag_record=None) -> Finding | None:
         self.replay_error = None
         finding = self._check_state(optimizer)
+        if finding is None and self.watch is not None:
+            finding = self.watch.found  # a re-run's failing step, checked op by op as it ran
         if finding is None:
             finding = self._replay(detected["at"])
         if finding is None and flag_record is None and self.flags:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import sys
 import threading
+import weakref
 
 import torch
 from torch.overrides import _get_current_function_mode
@@ -30,8 +31,9 @@ from stabcheck.runtime import divergence, hints, readback, warning_lines
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
+from stabcheck.runtime.rerun import exit_now
 from stabcheck.runtime.torch_detect import Detector, FlagMode
-from stabcheck.runtime.torch_localize import Localizer
+from stabcheck.runtime.torch_localize import Localizer, WatchMode
 from stabcheck.runtime.torch_record import (MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent,
                                             TailMode)
 from stabcheck.runtime.torch_support import (OWN_DIR, PASS_THROUGH, caller, float_tensors, is_internal, kind_of,
@@ -189,6 +191,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.busy = 0
         self.events: list = []
         self.event_bytes = 0  # output bytes the recorded torch calls of this step hold
+        self.dropped: dict = {}  # id -> weakref: outputs of calls of this step dropped from its recording
         self.step_done = False
         self.roots: list = []  # (tensors, grad_tensors) of each backward() of this step
         self.grad_leaves = None  # no optimizer: the leaves whose .grad the running backward() fills
@@ -209,6 +212,8 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.tail_pushed = False  # the recording mode is on the torch function mode stack
         self.tail_mode = TailMode(self)
         self.flag_mode = FlagMode(self) if config.per_op else None
+        self.watch: WatchMode | None = None  # a re-run's failing step (at_step_boundary)
+        self.anomaly = None  # anomaly mode before the watch turned it on
         self.handles: list = []
         self.muted = False
         self.incidents = 0
@@ -248,6 +253,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             self.flag_mode.__enter__()
         self.installed = True
         self.open_window()  # code with no module call is recorded too
+        self.at_step_boundary()  # a re-run of step 0
 
     def uninstall(self) -> None:
         global _ACTIVE
@@ -256,11 +262,14 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.installed = False
         try:
             self.close_window()
-            if self.flag_mode is not None:
-                try:
-                    self.flag_mode.__exit__(None, None, None)
-                except Exception:
-                    pass
+            for mode in (self.watch, self.flag_mode):
+                if mode is not None:
+                    try:
+                        mode.__exit__(None, None, None)
+                    except Exception:
+                        pass
+            if self.anomaly is not None:
+                torch.autograd.set_detect_anomaly(*self.anomaly)
             for handle in self.handles:
                 handle.remove()
             self.handles = []
@@ -322,6 +331,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             self.flush(None, "backward", "after backward()")
         self.events = []
         self.event_bytes = 0
+        self.dropped = {}
         self.roots = []
         self.step_done = False
         self.scaled = False
@@ -331,6 +341,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         """Recording this step failed: keep nothing of it (a replay with a gap would mislead)."""
         self.events = []
         self.event_bytes = 0
+        self.dropped = {}
         self.module_events = self.grad_events = 0
 
     def record(self, event) -> None:
@@ -342,11 +353,28 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         if isinstance(event, OpEvent) and isinstance(event.output, torch.Tensor):
             self.event_bytes += event.output.numel() * event.output.element_size()
         if len(events) > MAX_EVENTS or self.event_bytes > MAX_EVENT_BYTES:
+            for dropped in events[: len(events) // 2]:  # their outputs are no inputs of the step
+                self.dropped.update((id(t), weakref.ref(t)) for t in float_tensors(dropped.output))
             del events[: len(events) // 2]
             self.module_events = sum(1 for e in events if isinstance(e, ModuleEvent))
             self.grad_events = sum(1 for e in events if isinstance(e, ModuleEvent) and e.grad_enabled)
             self.event_bytes = sum(e.output.numel() * e.output.element_size() for e in events
                                    if isinstance(e, OpEvent) and isinstance(e.output, torch.Tensor))
+
+    def at_step_boundary(self) -> None:
+        """A step is over (after the optimizer's update, or a backward() with no optimizer). A re-run
+        (rerun.py) checks every op from its failing step on, and ends once that step is over."""
+        until = self.config.rerun_until
+        if until is None or threading.get_ident() != self.thread:
+            return
+        if self.step > until:
+            exit_now(0)  # no value met by that step: the run did not repeat itself
+        if self.step == until and self.watch is None and self.installed:
+            self.track_modules = True
+            self.anomaly = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
+            torch.autograd.set_detect_anomaly(True, check_nan=False)  # a backward op -> its forward line
+            self.watch = WatchMode(self)
+            self.watch.__enter__()
 
     def raise_if_stopped(self) -> None:
         """The trap stopped the run, the script caught NonFiniteError and trains on: stop it again."""
@@ -428,11 +456,13 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.backward_calls += 1
         if not self.saw_optimizer:
             self.step_done = True  # no optimizer (yet): a step ends with backward()
+            self.at_step_boundary()
             if not self.module_events:
                 self.open_window()  # code with no module call: record the next step from its first op
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         self.in_step = False
+        self.at_step_boundary()
         if not self.module_events:
             self.open_window()  # code with no module call: record the next step from its first op
 
@@ -490,8 +520,9 @@ class TorchTrap(Detector, Localizer, IncidentSink):
     def _make_report(self, detected, finding: Finding | None, value, kind_hint) -> TrapReport:
         if finding is None:
             kind = kind_hint or (kind_of(value) if isinstance(value, torch.Tensor) else None) or "nan"
-            replayable = bool(self.events)
-            note = "replay did not reproduce" if replayable else "step could not be replayed"
+            replayable = bool(self.events) and not self.dropped
+            note = ("replay did not reproduce" if replayable else "step too long to replay" if self.events
+                    else "step could not be replayed")
             hint = hints.UNLOCALIZED_HINT if replayable else hints.UNREPLAYABLE_HINT
             outputs = [tensor_stats(value)] if isinstance(value, torch.Tensor) else []
             report = self.unlocalized_report(detected, kind, note, hint, outputs)

@@ -13,15 +13,18 @@ from runtime_helpers import ROOT, _env
 pytest.importorskip("torch")
 
 
-def test_sample_report_is_what_the_trap_prints():
+@pytest.mark.parametrize("marker", ["runtime-sample", "rerun-sample"])
+def test_sample_report_is_what_the_trap_prints(marker):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = re.search(r"<!-- runtime:start -->(.*?)<!-- runtime:end -->", readme, re.S)
     assert section, "README lost its runtime section markers"
-    m = re.search(r"<!-- runtime-sample: COLUMNS=(\d+) stabcheck (.+?) -->\n```text\n(.*?)```", section.group(1), re.S)
-    assert m, "the runtime section lost its sample report"
+    m = re.search(rf"( *)<!-- {marker}: COLUMNS=(\d+) stabcheck (.+?) -->\n *```text\n(.*?)```", section.group(1), re.S)
+    assert m, f"the runtime section lost its sample report ({marker})"
+    indent, columns, command, sample = m.groups()
+    sample = "".join(line[len(indent):] + "\n" for line in sample.splitlines() if line.strip())
     env = _env()
-    env["COLUMNS"] = m.group(1)
-    proc = subprocess.run([sys.executable, "-m", "stabcheck", *m.group(2).split()], cwd=ROOT, capture_output=True,
+    env["COLUMNS"] = columns
+    proc = subprocess.run([sys.executable, "-m", "stabcheck", *command.split()], cwd=ROOT, capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 3
-    assert proc.stderr == m.group(3)
+    assert proc.stderr == sample
