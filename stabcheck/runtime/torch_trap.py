@@ -181,6 +181,24 @@ def _autograd_backward(tensors, *args, **kwargs):
     return result
 
 
+_ORIG_TENSOR_BACKWARD = torch.Tensor.backward
+
+
+def _tensor_backward(self, *args, **kwargs):
+    """`loss.backward()`: the recording mode leaves the stack before the call is dispatched (inside the
+    mode's own handler it could not, and every later torch call of the step -- the optimizer's --
+    would pay for it). A step with no module call records again after it (see _autograd_backward)."""
+    trap = _ACTIVE
+    if trap is None or trap.busy or not trap.window_open or threading.get_ident() != trap.thread:
+        return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
+    trap.close_window()
+    try:
+        return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
+    finally:
+        if not trap.module_events and trap.installed:
+            trap.open_window()
+
+
 PASS_THROUGH.update({_module_call.__code__, _function_apply.__func__.__code__})
 
 
@@ -239,6 +257,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.thread = threading.get_ident()
         torch.nn.Module.__call__ = _module_call
         torch.autograd.backward = _autograd_backward
+        torch.Tensor.backward = _tensor_backward
         torch.autograd.Function.apply = _function_apply
         torch.optim.Optimizer.zero_grad = _zero_grad
         if _GradScaler is not None:
@@ -275,6 +294,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             self.handles = []
             torch.nn.Module.__call__ = _ORIG_MODULE_CALL
             torch.autograd.backward = _ORIG_BACKWARD
+            torch.Tensor.backward = _ORIG_TENSOR_BACKWARD
             torch.autograd.Function.apply = _ORIG_APPLY
             torch.optim.Optimizer.zero_grad = _ORIG_ZERO_GRAD
             readback.uninstall()
