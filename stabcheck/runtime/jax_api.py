@@ -12,6 +12,7 @@ from stabcheck.runtime.import_hook import AfterImport
 _lock = threading.RLock()
 _hook: AfterImport | None = None
 _last_stopped = None
+_fallback: list = []  # the jax module, while JAX's own check stands in for the trap (_activate)
 
 
 def jax_loaded() -> bool:
@@ -36,9 +37,7 @@ def enter(config: TrapConfig) -> bool:
         if _active() is not None or _hook is not None:
             return False
         if jax_loaded():
-            from stabcheck.runtime import jax_trap
-
-            jax_trap.activate(config)
+            _activate(config)
         else:
             _hook = AfterImport("jax", lambda: _on_import(config)).install()
         return True
@@ -49,9 +48,24 @@ def _on_import(config: TrapConfig) -> None:
     with _lock:
         _hook = None
         if _active() is None:
-            from stabcheck.runtime import jax_trap
+            _activate(config)
 
-            jax_trap.activate(config)
+
+def _activate(config: TrapConfig) -> None:
+    """The trap takes over private JAX functions (tested with the version CI pins): a JAX whose
+    internals differ gets JAX's own NaN check instead, and a line saying so, never a failed import."""
+    try:
+        from stabcheck.runtime import jax_trap
+
+        jax_trap.activate(config)
+    except Exception as exc:  # noqa: BLE001 - an unknown JAX: degrade, never break the user's import
+        import jax
+
+        print(f"stabcheck: the runtime trap does not support JAX {getattr(jax, '__version__', '?')} "
+              f"({type(exc).__name__}: {exc}); using JAX's own jax_debug_nans instead", file=sys.stderr)
+        if not jax.config.jax_debug_nans:
+            jax.config.update("jax_debug_nans", True)
+            _fallback.append(jax)  # turned off again when the trap exits
 
 
 def exit(owner: bool = True) -> None:  # noqa: A001 - pairs with enter()
@@ -62,6 +76,8 @@ def exit(owner: bool = True) -> None:  # noqa: A001 - pairs with enter()
         if _hook is not None:
             _hook.remove()
             _hook = None
+        while _fallback:
+            _fallback.pop().config.update("jax_debug_nans", False)
         if _active() is not None:
             from stabcheck.runtime import jax_trap
 

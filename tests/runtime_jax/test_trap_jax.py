@@ -131,3 +131,12 @@ def test_trap_api_around_jax_code_stops_the_block_and_restores_jax():
         "plain JAX after: True",  # NaN goes by as under plain JAX
     ]
     assert proc.stderr == ""  # quiet: no panel
+
+
+def test_a_jax_the_trap_cannot_take_over_gets_its_own_nan_check_and_a_line_saying_so():
+    result = _python("jax_unknown_internals.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "trapping" and "FloatingPointError: invalid value (nan) encountered in div" in lines
+    assert lines[-1] == "after the block, jax_debug_nans is False"
+    assert "stabcheck: the runtime trap does not support JAX" in result.stderr
