@@ -30,7 +30,8 @@ from stabcheck.runtime import divergence, hints, readback
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
-from stabcheck.runtime.torch_detect import Detector, FlagMode
+from stabcheck.runtime.torch_detect import Detector
+from stabcheck.runtime.torch_flags import FlagLog, FlagMode
 from stabcheck.runtime.torch_localize import Localizer
 from stabcheck.runtime.torch_record import (MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent,
                                             TailMode)
@@ -150,6 +151,10 @@ def _zero_grad(self, *args, **kwargs):
     """optimizer.zero_grad() runs with the recording off: clearing .grad is no part of a step's
     computation, and recording its per-parameter calls would cost more than the rest of the trap."""
     trap = _ACTIVE
+    if trap is not None and trap.in_step and not trap.busy and threading.get_ident() == trap.thread:
+        # a closure evaluated by optimizer.step() (LBFGS) begins: a step of its own, recorded from here
+        trap.new_step()  # also when it calls no module (the optimizer's own calls are not: TailMode)
+        trap.open_window()
     if trap is None or not trap.window_open:
         return _ORIG_ZERO_GRAD(self, *args, **kwargs)
     trap.close_window()
@@ -188,8 +193,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.backward_calls = 0
         self.saw_optimizer = False
         self.pending: list = []  # (value finite iff ok, at, message, location) for accelerator tensors
-        self.flags: list = []
-        self.flag_ops: list = []
+        self.flags = FlagLog()  # --per-op: this step's flags, checked at the step sync
         self.mod_stack: list = []
         self.track_modules = config.per_op
         self.window_open = False  # recording the user's torch calls
