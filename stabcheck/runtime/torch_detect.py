@@ -98,22 +98,18 @@ class Detector:
 
     def record_scalars(self, grads, optimizer=None) -> None:
         """The flight recorder (divergence.py): this step's loss, and every NORM_EVERY steps the
-        gradient and parameter norms, kept as 0-d device tensors (no sync; read only for a report)."""
+        gradient and parameter norms, copied into a ring on the device (no sync; read only for a
+        report; torch_flight.py)."""
         loss, self.step_loss = self.step_loss, None
         grad_norm = param_norm = None
-        if self.step % NORM_EVERY == 0 and grads:
-            self.busy += 1
-            try:
+        self.busy += 1
+        try:
+            if self.step % NORM_EVERY == 0 and grads:
                 params = [p.detach() for group in optimizer.param_groups for p in group["params"]] if optimizer else []
                 grad_norm, param_norm = _total_norm(grads), _total_norm(params)
-            finally:
-                self.busy -= 1
-        history = self.history
-        if history and history[-1][0] == self.step:  # a backward() recorded this step before the optimizer ran
-            step, old_loss, old_grad, old_param = history.pop()
-            loss = loss if loss is not None else old_loss
-            grad_norm, param_norm = grad_norm if grad_norm is not None else old_grad, param_norm or old_param
-        history.append((self.step, loss, grad_norm, param_norm))
+            self.history.record(self.step, loss, grad_norm, param_norm)
+        finally:
+            self.busy -= 1
 
     def _grads_finite_fast(self, grads) -> bool:
         """Common case: dense gradients of one dtype on one device -> GradScaler's fused check, one sync.

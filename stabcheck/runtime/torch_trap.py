@@ -19,7 +19,6 @@ gradient, and localizes when the step cannot be replayed. Shared helpers
 
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 
@@ -32,6 +31,7 @@ from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
 from stabcheck.runtime.torch_detect import Detector
 from stabcheck.runtime.torch_flags import FlagLog, FlagMode
+from stabcheck.runtime.torch_flight import FlightRecorder
 from stabcheck.runtime.torch_localize import Localizer
 from stabcheck.runtime.torch_record import (MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent,
                                             TailMode)
@@ -187,7 +187,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.grad_leaves = None  # no optimizer: the leaves whose .grad the running backward() fills
         self.in_step = False  # between an optimizer's step pre- and post-hook
         self.step_loss = None  # the loss of this step (a 0-d tensor passed to backward())
-        self.history: collections.deque = collections.deque(maxlen=divergence.HISTORY)  # flight recorder
+        self.history = FlightRecorder()  # per-step loss and norms, for a divergence diagnosis
         self.last_optimizer = None  # weakref of the optimizer of the last step
         self.steps = 0
         self.backward_calls = 0
@@ -487,15 +487,10 @@ class TorchTrap(Detector, Localizer, IncidentSink):
 
     def _divergence(self) -> dict | None:
         """Read the flight recorder (syncs: a report is being built) and diagnose a divergence."""
-        def read(value):
-            return float(value) if value is not None else None
-
-        rows = list(self.history)
         optimizer = self.last_optimizer() if self.last_optimizer is not None else None
         lrs = sorted({float(g["lr"]) for g in optimizer.param_groups if isinstance(g.get("lr"), (int, float))}) \
             if optimizer is not None else []
-        return divergence.diagnose([r[0] for r in rows], [read(r[1]) for r in rows], [read(r[2]) for r in rows],
-                                   [read(r[3]) for r in rows], lrs)
+        return divergence.diagnose(*self.history.read(), lrs)
 
     def _mode(self) -> str | None:
         """"training" (a backward, a module called in train mode with grad on, or a value that requires

@@ -4,11 +4,10 @@ all those evaluations in fixed buffers, not one small tensor each (memory stays 
 
 from __future__ import annotations
 
-import gc
 import runpy
 
 import pytest
-from runtime_helpers import FIXTURES, line_of
+from runtime_helpers import FIXTURES, line_of, tensors_held
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -53,22 +52,6 @@ def test_per_op_nan_off_the_loss_at_an_iterate():
     assert _report(name, False) is None
 
 
-def _tensors_held(root) -> int:
-    """Tensors reachable from `root` through containers and stabcheck's own objects (not through
-    modules or ops, which the flag records name)."""
-    seen, count, stack = set(), 0, [root]
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            count += 1
-        elif isinstance(obj, (list, tuple, dict)) or type(obj).__module__.startswith("stabcheck"):
-            stack.extend(gc.get_referents(obj))
-    return count
-
-
 def test_per_op_flags_of_many_closure_evaluations_hold_no_tensor_each():
     """Healthy L-BFGS under --per-op: every op of every closure evaluation stays flagged until the next
     step's sync, in at most one buffer per device and direction, whatever the number of evaluations.
@@ -93,7 +76,7 @@ def test_per_op_flags_of_many_closure_evaluations_hold_no_tensor_each():
             evaluations.clear()
             loss = optimizer.step(closure)
         pending = len(trap.flags)
-        held = _tensors_held(trap.flags)
+        held = tensors_held(trap.flags)
     assert trap.incidents == 0 and torch.isfinite(loss)
     # every op of every evaluation of the last step waits for the sync, accumulating within the step
     assert len(evaluations) >= 20 and evaluations == sorted(evaluations)

@@ -1,0 +1,55 @@
+"""The flight recorder's storage in the PyTorch adapter (what it records: divergence.py).
+
+Each step's loss, gradient norm and parameter norm are copied into a fixed ring of HISTORY x 3
+fp32 values per device, not kept as 0-d tensors: HISTORY steps' worth of tiny allocations, each
+alive for HISTORY steps among the activations of every step, fragmented the host heap (word LM
+example: peak RSS +40%; benchmarks/runtime_programs.py). Written without a sync, read for a report.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import torch
+
+from stabcheck.runtime.divergence import HISTORY
+
+
+class FlightRecorder:
+    def __init__(self):
+        self.rows: collections.deque = collections.deque(maxlen=HISTORY)  # [step, slot, dev0, dev1, dev2]
+        self.rings: dict = {}  # device -> HISTORY x 3 fp32 tensor
+        self.next_slot = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def record(self, step: int, *values) -> None:
+        """(loss, grad_norm, param_norm) of `step`, each a 0-d tensor or None. A second record of the
+        same step (backward() before the optimizer step) fills what the first left out."""
+        rows = self.rows
+        if rows and rows[-1][0] == step:
+            row = rows[-1]
+        else:
+            # the deque drops its oldest row as the ring reuses that row's slot
+            row = [step, self.next_slot, None, None, None]
+            self.next_slot = (self.next_slot + 1) % HISTORY
+            rows.append(row)
+        for k, value in enumerate(values):
+            if value is None:
+                continue
+            ring = self.rings.get(value.device)
+            if ring is None:
+                ring = self.rings[value.device] = torch.full((HISTORY, 3), float("nan"), device=value.device)
+            ring[row[1], k].copy_(value.detach().reshape(()))
+            row[2 + k] = value.device
+
+    def read(self) -> tuple[list, list, list, list]:
+        """steps, losses, gradient norms, parameter norms (floats or None), oldest first (syncs)."""
+        host = {device: ring.tolist() for device, ring in self.rings.items()}
+        columns: tuple[list, list, list, list] = ([], [], [], [])
+        for step, slot, *devices in self.rows:
+            columns[0].append(step)
+            for k, device in enumerate(devices):
+                columns[1 + k].append(host[device][slot][k] if device is not None else None)
+        return columns
