@@ -18,7 +18,7 @@ from stabcheck.runtime.divergence import HISTORY
 class FlightRecorder:
     def __init__(self):
         self.rows: collections.deque = collections.deque(maxlen=HISTORY)  # [step, slot, dev0, dev1, dev2]
-        self.rings: dict = {}  # device -> HISTORY x 3 fp32 tensor
+        self.rings: dict = {}  # device -> HISTORY * 3 fp32 values (row slot, quantity k at 3 * slot + k)
         self.next_slot = 0
 
     def __len__(self) -> int:
@@ -35,14 +35,18 @@ class FlightRecorder:
             row = [step, self.next_slot, None, None, None]
             self.next_slot = (self.next_slot + 1) % HISTORY
             rows.append(row)
+        base = 3 * row[1]
         for k, value in enumerate(values):
             if value is None:
                 continue
-            ring = self.rings.get(value.device)
+            device = value.device
+            ring = self.rings.get(device)
             if ring is None:
-                ring = self.rings[value.device] = torch.full((HISTORY, 3), float("nan"), device=value.device)
-            ring[row[1], k].copy_(value.detach().reshape(()))
-            row[2 + k] = value.device
+                ring = self.rings[device] = torch.full((3 * HISTORY,), float("nan"), device=device)
+            if value.requires_grad:  # a gradient norm under create_graph=True
+                value = value.detach()
+            ring[base + k].copy_(value if value.dim() == 0 else value.reshape(()))
+            row[2 + k] = device
 
     def read(self) -> tuple[list, list, list, list]:
         """steps, losses, gradient norms, parameter norms (floats or None), oldest first (syncs)."""
@@ -51,5 +55,5 @@ class FlightRecorder:
         for step, slot, *devices in self.rows:
             columns[0].append(step)
             for k, device in enumerate(devices):
-                columns[1 + k].append(host[device][slot][k] if device is not None else None)
+                columns[1 + k].append(host[device][3 * slot + k] if device is not None else None)
         return columns
