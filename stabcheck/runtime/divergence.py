@@ -2,7 +2,7 @@
 
 The trap keeps a flight recorder of cheap per-step scalars (the loss every step;
 the gradient and parameter norms every NORM_EVERY steps, as they cost a pass
-over the weights) as 0-d tensors on the device; they are read only when a report
+over the weights) on the device, without a sync; they are read only when a report
 is built. A report whose recent loss grew by DIVERGED_GROWTH or more is a
 divergence: the hint names the learning rate, the JSON carries the numbers and
 the panel a sparkline.

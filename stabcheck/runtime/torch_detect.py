@@ -4,7 +4,7 @@ Boundary values (losses, the tensors passed to `backward()`) are checked at
 once on CPU; on an accelerator they are kept as 0-d device tensors and synced
 together at the optimizer step, never per op. Gradients are checked just before
 `optimizer.step()` with GradScaler's fused kernel (one host sync). `--per-op`
-adds FlagMode: one fp32 sum per floating op output, synced at the same point.
+adds FlagMode (torch_flags.py): one fp32 sum per floating op output, synced at the same point.
 """
 
 from __future__ import annotations
@@ -12,89 +12,14 @@ from __future__ import annotations
 import math
 import sys
 import weakref
-from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from stabcheck.runtime import hints
 from stabcheck.runtime.divergence import NORM_EVERY
 from stabcheck.runtime.report import Location
 from stabcheck.runtime.torch_record import ModuleEvent, OpEvent
-from stabcheck.runtime.torch_support import (INF_WRITERS, NOT_PRODUCERS, caller, checkable, finite_now,
-                                             float_tensors, host_item, kind_of, loc_of, nan_free_now, node_name,
-                                             tensor_name)
-
-MAX_FLAGS = 200000  # per-op flags kept before a forced flush
-
-
-class FlagMode(TorchDispatchMode):
-    """--per-op: one fp32 sum per floating output, kept on the device, synced once per step."""
-
-    def __init__(self, trap: Any):
-        super().__init__()
-        self.trap = trap
-        self.info: dict[Any, tuple[bool, bool]] = {}
-        self.taint: dict[int, Any] = {}  # id -> weakref of tensors holding intentional +-inf
-
-    def _op_info(self, func):
-        info = self.info.get(func)
-        if info is None:
-            name = hints.base_name(str(func))
-            skip = bool(getattr(func, "is_view", False)) or name in NOT_PRODUCERS
-            info = self.info[func] = (skip, name in INF_WRITERS)
-        return info
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if kwargs is None:
-            kwargs = {}
-        out = func(*args, **kwargs)
-        trap = self.trap
-        if trap.busy:
-            return out
-        skip, writer = self._op_info(func)
-        has_input = False
-        tainted = False
-        taint = self.taint
-        for a in _flat_args(args, kwargs):
-            if isinstance(a, torch.Tensor):
-                has_input = True
-                if taint:
-                    ref = taint.get(id(a))
-                    if ref is not None and ref() is a:
-                        tainted = True
-                        break
-            elif writer and isinstance(a, float) and math.isinf(a):
-                tainted = True
-        if type(out) is torch.Tensor:
-            outs = [out] if out.is_floating_point() else []
-        else:
-            outs = float_tensors(out)
-        if tainted:
-            for o in outs:
-                taint[id(o)] = weakref.ref(o)
-        if skip or not outs or not has_input:  # views, copies, factories: never the producer
-            return out
-        if trap.scaled and torch._C._current_autograd_node() is not None:
-            return out  # scaled gradients: GradScaler detects and skips overflowing steps itself
-        flags = trap.flags
-        where = None
-        for o in outs:
-            if not o.numel():
-                continue
-            if tainted:  # downstream of an intentional inf only a NaN counts
-                flag = torch.isnan(o).any().logical_not().float().reciprocal()
-            else:
-                # an fp32 sum of large finite values (a finfo.min mask) may overflow: the exact replay
-                # then finds no producer and the flag is benign (TorchTrap.trip)
-                flag = o.detach().sum(dtype=torch.float32)
-            flags.append(flag)
-            if where is None:
-                where = (loc_of(caller(sys._getframe(1))), tuple(trap.mod_stack), node_name())
-            trap.flag_ops.append((func, *where))
-        if len(flags) > MAX_FLAGS:
-            trap.flush(None, "op", "per-op flags")
-        return out
+from stabcheck.runtime.torch_support import (caller, checkable, finite_now, float_tensors, host_item, kind_of,
+                                             loc_of, nan_free_now, tensor_name)
 
 
 def _total_norm(tensors):
@@ -112,21 +37,6 @@ def _resolve(where) -> Location | None:
     if isinstance(where, (ModuleEvent, OpEvent)):
         return where.location
     return loc_of(caller(where))
-
-
-def _flat_args(args, kwargs):
-    """Tensors and scalars of an aten call (aten args nest at most one level: Tensor[] lists)."""
-    for a in args:
-        if type(a) in (list, tuple):
-            yield from a
-        else:
-            yield a
-    if kwargs:
-        for a in kwargs.values():
-            if type(a) in (list, tuple):
-                yield from a
-            else:
-                yield a
 
 
 class Detector:
@@ -193,22 +103,18 @@ class Detector:
 
     def record_scalars(self, grads, optimizer=None) -> None:
         """The flight recorder (divergence.py): this step's loss, and every NORM_EVERY steps the
-        gradient and parameter norms, kept as 0-d device tensors (no sync; read only for a report)."""
+        gradient and parameter norms, copied into a ring on the device (no sync; read only for a
+        report; torch_flight.py)."""
         loss, self.step_loss = self.step_loss, None
         grad_norm = param_norm = None
-        if self.step % NORM_EVERY == 0 and grads:
-            self.busy += 1
-            try:
+        self.busy += 1
+        try:
+            if self.step % NORM_EVERY == 0 and grads:
                 params = [p.detach() for group in optimizer.param_groups for p in group["params"]] if optimizer else []
                 grad_norm, param_norm = _total_norm(grads), _total_norm(params)
-            finally:
-                self.busy -= 1
-        history = self.history
-        if history and history[-1][0] == self.step:  # a backward() recorded this step before the optimizer ran
-            step, old_loss, old_grad, old_param = history.pop()
-            loss = loss if loss is not None else old_loss
-            grad_norm, param_norm = grad_norm if grad_norm is not None else old_grad, param_norm or old_param
-        history.append((self.step, loss, grad_norm, param_norm))
+            self.history.record(self.step, loss, grad_norm, param_norm)
+        finally:
+            self.busy -= 1
 
     def _grads_finite_fast(self, grads) -> bool:
         """Common case: dense gradients of one dtype on one device -> GradScaler's fused check, one sync.
@@ -249,18 +155,13 @@ class Detector:
     def drop_backward_flags(self) -> None:
         """The gradients came out finite: a non-finite value inside backward was masked by torch
         itself (std / norm backward at 0 compute NaN and replace it), not a fault."""
-        if self.flags:
-            keep = [i for i, op in enumerate(self.flag_ops) if op[3] is None]
-            if len(keep) != len(self.flags):
-                self.flags = [self.flags[i] for i in keep]
-                self.flag_ops = [self.flag_ops[i] for i in keep]
+        self.flags.drop_backward()
 
     def flush(self, grads, at: str, message: str, optimizer=None) -> None:
         """One host sync per device: pending boundary values, gradient norms, per-op flags."""
         pending, self.pending = self.pending, []
-        flags, self.flags = self.flags, []
-        flag_ops, self.flag_ops = self.flag_ops, []
         grads = grads or []
+        flagged: list = []
         self.busy += 1
         try:
             by_device: dict = {}
@@ -273,14 +174,17 @@ class Detector:
                 for (device, _dtype), gs in per_device.items():
                     norms = torch._foreach_norm(gs)
                     by_device.setdefault(device, []).extend(n.float() for n in norms)
-            for value in flags:
-                by_device.setdefault(value.device, []).append(value)
+            for device, value in self.flags.checks():
+                by_device.setdefault(device, []).append(value)
             ok = True
             for values in by_device.values():
                 if not bool(torch.isfinite(torch.stack(values)).all()):
                     ok = False
                     break
+            if not ok and self.flags:
+                flagged = self.flags.read()
         finally:
+            self.flags.clear()  # the slots are written again by the next step
             self.busy -= 1
         if ok:
             if grads:
@@ -290,14 +194,14 @@ class Detector:
         # trap's own checks are never recorded as ops of the step)
         self.busy += 1
         try:
-            failed = self._what_failed(pending, grads, flags, flag_ops, at, message, optimizer)
+            failed = self._what_failed(pending, grads, flagged, at, message, optimizer)
         finally:
             self.busy -= 1
         if failed is not None:
             args, kwargs = failed
             self.trip(*args, **kwargs)
 
-    def _what_failed(self, pending, grads, flags, flag_ops, at, message, optimizer):
+    def _what_failed(self, pending, grads, flagged, at, message, optimizer):
         """(args, kwargs) of the trip for the first non-finite value of a flush, or None."""
         for value, p_at, p_message, location in pending:
             if not math.isfinite(float(value)):
@@ -310,10 +214,8 @@ class Detector:
                 name = self._param_name(param) or tensor_name(param, sys._getframe(2)) or "a parameter"
                 return ((at, f"the gradient of {name} is {kind_of(g)} {message}",
                          loc_of(caller(sys._getframe(2))), g), {"optimizer": optimizer})
-        for i, value in enumerate(flags):
-            v = float(value)
+        for func, location, mods, node, v in flagged:
             if not math.isfinite(v):
-                func, location, mods, node = flag_ops[i]
                 key = (str(func), location.filename if location else None, location.line if location else None)
                 if key in self.benign:
                     continue
@@ -357,10 +259,4 @@ class Detector:
 
     def _first_bad_flag(self):
         """The first per-op flag of this step that is not finite (syncs; detection path only)."""
-        for i, value in enumerate(self.flags):
-            v = float(value)
-            if not math.isfinite(v):
-                func, location, mods, node = self.flag_ops[i]
-                kind = "nan" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
-                return func, location, mods, node, kind
-        return None
+        return self.flags.first_bad()

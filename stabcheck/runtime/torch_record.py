@@ -10,6 +10,7 @@ runs). The recording is bounded: MAX_EVENTS calls per step.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from stabcheck.runtime.report import Location
-from stabcheck.runtime.torch_support import AMP_DEVICES, rng_state, where
+from stabcheck.runtime.torch_support import AMP_DEVICES, is_internal, rng_state, where
 
 MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
 MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in between (newest kept)
@@ -111,7 +112,7 @@ class TailMode(TorchFunctionMode):
         if kwargs is None:
             kwargs = {}
         trap = self.trap
-        if trap.depth or trap.busy or not trap.window_open:
+        if trap.depth or trap.busy or not trap.window_open or (trap.in_step and _from_optimizer(sys._getframe(1))):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         rng = rng_state() if name in RANDOM_CALLS else None
@@ -137,6 +138,23 @@ class TailMode(TorchFunctionMode):
             if func in LOSS_FUNCTIONS:
                 trap.check(out, "loss", f"{func.__name__}() returned", Location(*at) if at else None)
         return out
+
+
+_OPTIM_DIR = os.path.dirname(torch.optim.__file__) + os.sep
+
+
+def _from_optimizer(frame) -> bool:
+    """A call made by torch.optim's own update code (LBFGS's direction and line search between two
+    closure evaluations), not by the closure: no part of the step's computation, and replaying it
+    against the optimizer's since-updated state computes values that never existed."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_OPTIM_DIR):
+            return True
+        if not is_internal(name):
+            return False
+        frame = frame.f_back
+    return False
 
 
 def _is_parameter_update(args) -> bool:

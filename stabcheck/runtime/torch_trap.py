@@ -19,7 +19,6 @@ gradient, and localizes when the step cannot be replayed. Shared helpers
 
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 import weakref
@@ -32,7 +31,9 @@ from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
 from stabcheck.runtime.rerun import exit_now
-from stabcheck.runtime.torch_detect import Detector, FlagMode
+from stabcheck.runtime.torch_detect import Detector
+from stabcheck.runtime.torch_flags import FlagLog, FlagMode
+from stabcheck.runtime.torch_flight import FlightRecorder
 from stabcheck.runtime.torch_localize import Localizer, WatchMode
 from stabcheck.runtime.torch_record import (MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent,
                                             TailMode)
@@ -152,6 +153,10 @@ def _zero_grad(self, *args, **kwargs):
     """optimizer.zero_grad() runs with the recording off: clearing .grad is no part of a step's
     computation, and recording its per-parameter calls would cost more than the rest of the trap."""
     trap = _ACTIVE
+    if trap is not None and trap.in_step and not trap.busy and threading.get_ident() == trap.thread:
+        # a closure evaluated by optimizer.step() (LBFGS) begins: a step of its own, recorded from here
+        trap.new_step()  # also when it calls no module (the optimizer's own calls are not: TailMode)
+        trap.open_window()
     if trap is None or not trap.window_open:
         return _ORIG_ZERO_GRAD(self, *args, **kwargs)
     trap.close_window()
@@ -215,15 +220,14 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.grad_leaves = None  # no optimizer: the leaves whose .grad the running backward() fills
         self.in_step = False  # between an optimizer's step pre- and post-hook
         self.step_loss = None  # the loss of this step (a 0-d tensor passed to backward())
-        self.history: collections.deque = collections.deque(maxlen=divergence.HISTORY)  # flight recorder
+        self.history = FlightRecorder()  # per-step loss and norms, for a divergence diagnosis
         self.last_optimizer = None  # weakref of the optimizer of the last step
         self.primary_optimizer = None  # weakref of the first optimizer seen: its steps are the step count
         self.steps = 0
         self.backward_calls = 0
         self.saw_optimizer = False
         self.pending: list = []  # (value finite iff ok, at, message, location) for accelerator tensors
-        self.flags: list = []
-        self.flag_ops: list = []
+        self.flags = FlagLog()  # --per-op: this step's flags, checked at the step sync
         self.mod_stack: list = []
         self.track_modules = config.per_op
         self.window_open = False  # recording the user's torch calls
@@ -557,15 +561,10 @@ class TorchTrap(Detector, Localizer, IncidentSink):
 
     def _divergence(self) -> dict | None:
         """Read the flight recorder (syncs: a report is being built) and diagnose a divergence."""
-        def read(value):
-            return float(value) if value is not None else None
-
-        rows = list(self.history)
         optimizer = self.last_optimizer() if self.last_optimizer is not None else None
         lrs = sorted({float(g["lr"]) for g in optimizer.param_groups if isinstance(g.get("lr"), (int, float))}) \
             if optimizer is not None else []
-        return divergence.diagnose([r[0] for r in rows], [read(r[1]) for r in rows], [read(r[2]) for r in rows],
-                                   [read(r[3]) for r in rows], lrs)
+        return divergence.diagnose(*self.history.read(), lrs)
 
     def _mode(self) -> str | None:
         """"training" (a backward, a module called in train mode with grad on, or a value that requires

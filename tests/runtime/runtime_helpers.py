@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+import gc
 import json
 import subprocess
 import sys
@@ -27,3 +29,21 @@ def python_run(*args, cwd: Path = ROOT, timeout: float = 120) -> subprocess.Comp
     """The same command under plain python (cached: several tests compare against it)."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=_env())
+
+
+def tensors_held(root) -> int:
+    """Tensors reachable from `root` through containers and stabcheck's own objects (not through
+    the modules and ops that records name)."""
+    import torch
+
+    seen, count, stack = set(), 0, [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            count += 1
+        elif isinstance(obj, (list, tuple, dict, collections.deque)) or type(obj).__module__.startswith("stabcheck"):
+            stack.extend(gc.get_referents(obj))
+    return count

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 import pytest
-from runtime_helpers import FIXTURES, line_of, stabcheck_run
+from runtime_helpers import FIXTURES, line_of, stabcheck_run, tensors_held
 from script_runs import base_env
 
 torch = pytest.importorskip("torch")
@@ -195,3 +195,26 @@ def test_a_loop_without_backward_keeps_a_bounded_recording():
             float((image * 2.0 + 1.0).mean())
         held = trap.event_bytes
     assert 0 < held <= MAX_EVENT_BYTES
+
+
+def test_the_flight_recorder_holds_one_ring_not_a_tensor_per_step():
+    """The loss and norms of the last HISTORY steps stay on the device for a divergence diagnosis, in one
+    fixed ring: 0-d tensors alive for HISTORY steps among each step's activations fragmented the heap."""
+    from stabcheck.runtime.divergence import HISTORY
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    with stabcheck.trap(quiet=True) as trap:
+        for _ in range(HISTORY + 12):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        steps, losses, grad_norms, _ = trap.history.read()
+        held = tensors_held(trap.history)
+    assert steps == list(range(12, HISTORY + 12)) and all(v is not None for v in losses)
+    assert abs(losses[-1] - float(torch.nn.functional.mse_loss(model(x), y))) < 0.01
+    assert sum(v is not None for v in grad_norms) == 2  # every NORM_EVERY = 24 steps
+    assert held == 1

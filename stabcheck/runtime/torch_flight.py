@@ -1,0 +1,59 @@
+"""The flight recorder's storage in the PyTorch adapter (what it records: divergence.py).
+
+Each step's loss, gradient norm and parameter norm are copied into a fixed ring of HISTORY x 3
+fp32 values per device, not kept as 0-d tensors: HISTORY steps' worth of tiny allocations, each
+alive for HISTORY steps among the activations of every step, fragmented the host heap (word LM
+example: peak RSS +40%; benchmarks/runtime_programs.py). Written without a sync, read for a report.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import torch
+
+from stabcheck.runtime.divergence import HISTORY
+
+
+class FlightRecorder:
+    def __init__(self):
+        self.rows: collections.deque = collections.deque(maxlen=HISTORY)  # [step, slot, dev0, dev1, dev2]
+        self.rings: dict = {}  # device -> HISTORY * 3 fp32 values (row slot, quantity k at 3 * slot + k)
+        self.next_slot = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def record(self, step: int, *values) -> None:
+        """(loss, grad_norm, param_norm) of `step`, each a 0-d tensor or None. A second record of the
+        same step (backward() before the optimizer step) fills what the first left out."""
+        rows = self.rows
+        if rows and rows[-1][0] == step:
+            row = rows[-1]
+        else:
+            # the deque drops its oldest row as the ring reuses that row's slot
+            row = [step, self.next_slot, None, None, None]
+            self.next_slot = (self.next_slot + 1) % HISTORY
+            rows.append(row)
+        base = 3 * row[1]
+        for k, value in enumerate(values):
+            if value is None:
+                continue
+            device = value.device
+            ring = self.rings.get(device)
+            if ring is None:
+                ring = self.rings[device] = torch.full((3 * HISTORY,), float("nan"), device=device)
+            if value.requires_grad:  # a gradient norm under create_graph=True
+                value = value.detach()
+            ring[base + k].copy_(value if value.dim() == 0 else value.reshape(()))
+            row[2 + k] = device
+
+    def read(self) -> tuple[list, list, list, list]:
+        """steps, losses, gradient norms, parameter norms (floats or None), oldest first (syncs)."""
+        host = {device: ring.tolist() for device, ring in self.rings.items()}
+        columns: tuple[list, list, list, list] = ([], [], [], [])
+        for step, slot, *devices in self.rows:
+            columns[0].append(step)
+            for k, device in enumerate(devices):
+                columns[1 + k].append(host[device][3 * slot + k] if device is not None else None)
+        return columns
