@@ -99,6 +99,7 @@ class Detector:
             self.primary_optimizer, primary = self.last_optimizer, optimizer
         if primary is optimizer:
             self.steps += 1
+            self.updating = 1  # until the post-hook: what a closure evaluates now is still this step
         self.step_done = True
 
     def record_scalars(self, grads, optimizer=None) -> None:

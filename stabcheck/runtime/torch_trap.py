@@ -224,6 +224,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.last_optimizer = None  # weakref of the optimizer of the last step
         self.primary_optimizer = None  # weakref of the first optimizer seen: its steps are the step count
         self.steps = 0
+        self.updating = 0  # 1 between the first optimizer's step pre- and post-hook
         self.backward_calls = 0
         self.saw_optimizer = False
         self.pending: list = []  # (value finite iff ok, at, message, location) for accelerator tensors
@@ -346,7 +347,9 @@ class TorchTrap(Detector, Localizer, IncidentSink):
     # -- boundaries -----------------------------------------------------------
     @property
     def step(self) -> int:
-        return self.steps if self.saw_optimizer else self.backward_calls
+        """The step in progress (0-based): optimizer steps completed, the one running excluded (an
+        L-BFGS closure is evaluated inside it); backward() calls where no optimizer is used."""
+        return self.steps - self.updating if self.saw_optimizer else self.backward_calls
 
     def new_step(self) -> None:
         """The previous step is over: forget its recording (after checking what it left pending)."""
@@ -486,6 +489,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         self.in_step = False
+        self.updating = 0
         self.at_step_boundary()
         if not self.module_events:
             self.open_window()  # code with no module call: record the next step from its first op

@@ -21,7 +21,7 @@ FAULTS = [
     ("fp16_exp_overflow.py", "aten.exp.default", "forward", "+inf", "STB005", "# FAULT", {"module": "model"}),
     # L-BFGS evaluates its closure several times per step: the model's call is recorded with the loss's
     ("lbfgs_closure_log.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT",
-     {"module": "model", "function": "forward"}),
+     {"module": "model", "function": "forward", "step": 0}),
     # the producer is inside torch's attention: the line is the user's call of it, in their forward
     ("mha_empty_sequence.py", "aten._softmax.default", "forward", "nan", "STB005", "# FAULT",
      {"module": "model.attn", "function": "forward", "step": 3}),
