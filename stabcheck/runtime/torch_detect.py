@@ -52,10 +52,10 @@ class Detector:
         try:
             bad = None
             for t in float_tensors(value):
-                if t.device.type == "cpu" and not self.defer_cpu:
-                    if bad is None and not (nan_free_now(t.detach()) if nan_only else finite_now(t.detach())):
+                if t.is_cpu and not self.defer_cpu:  # (is_cpu: no device object made per check)
+                    if bad is None and not (nan_free_now(t) if nan_only else finite_now(t)):
                         bad = t
-                elif t.device.type != "meta":
+                elif not t.is_meta:
                     t = t.detach()
                     if nan_only:
                         flag = torch.isnan(t).any().logical_not().float().reciprocal()
@@ -82,7 +82,8 @@ class Detector:
             self.close_window()
         self.saw_optimizer = True
         self.in_step = True
-        self.last_optimizer = weakref.ref(optimizer)
+        if self.last_optimizer is None or self.last_optimizer() is not optimizer:
+            self.last_optimizer = weakref.ref(optimizer)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         self.record_scalars(grads, optimizer)
         if grads and self._grads_finite_fast(grads):
