@@ -26,6 +26,7 @@ MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in
 MAX_EVENT_BYTES = 64 << 20  # outputs of recorded torch calls kept per step (a long loop with no backward)
 
 F = torch.nn.functional
+LOSS_MODULE = torch.nn.modules.loss._Loss  # its output is checked as the step's loss
 LOSS_FUNCTIONS = frozenset(
     getattr(F, name) for name in (
         "binary_cross_entropy", "binary_cross_entropy_with_logits", "cosine_embedding_loss", "cross_entropy",

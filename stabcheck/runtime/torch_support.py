@@ -207,3 +207,47 @@ def set_rng_state(state) -> None:
     torch.set_rng_state(state[0])
     if len(state) > 1:
         torch.cuda.set_rng_state_all(state[1])
+
+
+# ---------------------------------------------------------------------------
+# graph and scope walks
+
+def grad_leaves(roots) -> list:
+    """The leaf tensors whose .grad a backward() from `roots` fills (a walk of the graph, only while
+    no optimizer is known)."""
+    leaves, seen = [], set()
+    stack = [r.grad_fn for r in roots if isinstance(r, torch.Tensor) and r.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return leaves
+
+
+def kept_by_the_program(frame) -> set:
+    """ids of the tensors the program can still see at its end: globals of __main__ and locals of the
+    user's frames on the stack, and the items of their lists, tuples and dicts (a value computed and
+    dropped is no outcome of the run)."""
+    scopes = [vars(m) for m in (sys.modules.get("__main__"),) if m is not None]
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(OWN_DIR) and not is_internal(frame.f_code.co_filename):
+            scopes.append(frame.f_locals)
+        frame = frame.f_back
+    kept: set = set()
+    level = [v for scope in scopes for v in list(scope.values())]
+    for _depth in range(3):  # a tensor, a list of them, a dict holding such lists
+        nested: list = []
+        for value in level[:100000]:
+            if isinstance(value, torch.Tensor):
+                kept.add(id(value))
+            elif isinstance(value, dict):
+                nested.extend(list(value.values()))
+            elif isinstance(value, (list, tuple)):
+                nested.extend(value)
+        level = nested
+    return kept

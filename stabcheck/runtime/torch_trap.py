@@ -1,4 +1,5 @@
-"""PyTorch adapter of the runtime trap: the hooks it installs and the step boundaries.
+"""PyTorch adapter of the runtime trap: its state, the step boundaries and the reports (the entry
+points of torch it wraps while installed are in torch_patches.py).
 
 Two tiers (measurements in benchmarks/runtime_overhead.py and the README):
 
@@ -26,7 +27,7 @@ import weakref
 import torch
 from torch.overrides import _get_current_function_mode
 
-from stabcheck.runtime import divergence, hints, readback, warning_lines
+from stabcheck.runtime import divergence, hints, readback, torch_patches, warning_lines
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.report import Location, TrapReport
@@ -35,176 +36,15 @@ from stabcheck.runtime.torch_detect import Detector
 from stabcheck.runtime.torch_flags import FlagLog, FlagMode
 from stabcheck.runtime.torch_flight import FlightRecorder
 from stabcheck.runtime.torch_localize import Localizer, WatchMode
-from stabcheck.runtime.torch_record import (MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent, OpEvent,
-                                            TailMode)
-from stabcheck.runtime.torch_support import (OWN_DIR, PASS_THROUGH, caller, float_tensors, is_internal, kind_of,
-                                             loc_of, rng_state, tensor_stats, where)
-
-_ORIG_MODULE_CALL = torch.nn.Module.__call__
-_ORIG_BACKWARD = torch.autograd.backward
-LOSS_MODULE = torch.nn.modules.loss._Loss
-
+from stabcheck.runtime.torch_record import (LOSS_MODULE, MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent,
+                                            OpEvent, TailMode)
+from stabcheck.runtime.torch_support import (caller, float_tensors, grad_leaves, is_internal, kept_by_the_program,
+                                             kind_of, loc_of, rng_state, tensor_stats, where)
 
 # ---------------------------------------------------------------------------
 # the trap
 
 
-_ACTIVE: "TorchTrap | None" = None
-
-
-def _leaves(roots) -> list:
-    """The leaf tensors whose .grad a backward() from `roots` fills (a walk of the graph, only while
-    no optimizer is known)."""
-    leaves, seen = [], set()
-    stack = [r.grad_fn for r in roots if isinstance(r, torch.Tensor) and r.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            leaves.append(variable)
-        stack.extend(fn for fn, _ in node.next_functions)
-    return leaves
-
-
-def _kept_by_the_program(frame) -> set:
-    """ids of the tensors the program can still see at its end: globals of __main__ and locals of the
-    user's frames on the stack, and the items of their lists, tuples and dicts (a value computed and
-    dropped is no outcome of the run)."""
-    scopes = [vars(m) for m in (sys.modules.get("__main__"),) if m is not None]
-    while frame is not None:
-        if not frame.f_code.co_filename.startswith(OWN_DIR) and not is_internal(frame.f_code.co_filename):
-            scopes.append(frame.f_locals)
-        frame = frame.f_back
-    kept: set = set()
-    level = [v for scope in scopes for v in list(scope.values())]
-    for _depth in range(3):  # a tensor, a list of them, a dict holding such lists
-        nested: list = []
-        for value in level[:100000]:
-            if isinstance(value, torch.Tensor):
-                kept.add(id(value))
-            elif isinstance(value, dict):
-                nested.extend(list(value.values()))
-            elif isinstance(value, (list, tuple)):
-                nested.extend(value)
-        level = nested
-    return kept
-
-
-def _module_call(self, *args, **kwargs):
-    trap = _ACTIVE
-    if trap is None or threading.get_ident() != trap.thread:
-        # the recording is the installing thread's (other training threads are checked at the
-        # optimizer step: they must not interleave with its module stack)
-        return _ORIG_MODULE_CALL(self, *args, **kwargs)
-    if trap.depth or trap.busy:
-        if trap.track_modules:
-            trap.mod_stack.append(self)
-            try:
-                return _ORIG_MODULE_CALL(self, *args, **kwargs)
-            finally:
-                trap.mod_stack.pop()
-        return _ORIG_MODULE_CALL(self, *args, **kwargs)
-    return trap.top_level_call(self, args, kwargs)
-
-
-try:
-    from torch.amp.grad_scaler import GradScaler as _GradScaler
-
-    _ORIG_SCALE = _GradScaler.scale
-except (ImportError, AttributeError):  # pragma: no cover - torch without torch.amp
-    _GradScaler = _ORIG_SCALE = None
-
-
-def _scaler_scale(self, outputs):
-    trap = _ACTIVE
-    if trap is not None:
-        trap.scaled = True
-    return _ORIG_SCALE(self, outputs)
-
-
-_ORIG_APPLY = torch.autograd.Function.__dict__["apply"]
-
-
-@classmethod
-def _function_apply(cls, *args, **kwargs):
-    """A custom autograd.Function is recorded as one call (not as its forward's ops), so that a replay
-    builds its node again and runs the user's backward()."""
-    trap = _ACTIVE
-    if trap is None or trap.depth or trap.busy or not trap.window_open or threading.get_ident() != trap.thread:
-        return _ORIG_APPLY.__func__(cls, *args, **kwargs)
-    trap.depth += 1
-    try:
-        out = _ORIG_APPLY.__func__(cls, *args, **kwargs)
-    finally:
-        trap.depth -= 1
-    if trap.step_done:
-        trap.new_step()
-    trap.record(OpEvent(cls.apply, args, kwargs, out, where(sys._getframe(1)), torch.is_grad_enabled()))
-    return out
-
-
-_ORIG_ZERO_GRAD = torch.optim.Optimizer.zero_grad
-
-
-def _zero_grad(self, *args, **kwargs):
-    """optimizer.zero_grad() runs with the recording off: clearing .grad is no part of a step's
-    computation, and recording its per-parameter calls would cost more than the rest of the trap."""
-    trap = _ACTIVE
-    if trap is not None and trap.in_step and not trap.busy and threading.get_ident() == trap.thread:
-        # a closure evaluated by optimizer.step() (LBFGS) begins: a step of its own, recorded from here
-        trap.new_step()  # also when it calls no module (the optimizer's own calls are not: TailMode)
-        trap.open_window()
-    if trap is None or not trap.window_open:
-        return _ORIG_ZERO_GRAD(self, *args, **kwargs)
-    trap.close_window()
-    try:
-        return _ORIG_ZERO_GRAD(self, *args, **kwargs)
-    finally:
-        trap.open_window()
-
-
-def _autograd_backward(tensors, *args, **kwargs):
-    trap = _ACTIVE
-    if trap is None or trap.busy or threading.get_ident() != trap.thread:
-        return _ORIG_BACKWARD(tensors, *args, **kwargs)
-    trap.raise_if_stopped()
-    trap.before_backward(tensors, args[0] if args else kwargs.get("grad_tensors"))
-    # backward()'s own torch calls (the seed gradient) are no part of the step to record; after it, a
-    # step of module calls records again from its next module call (what runs in between -- clipping,
-    # the optimizer -- is no part of a forward, and the recording mode would cost every op there)
-    window = trap.window_open and not trap.module_events
-    trap.close_window()
-    try:
-        result = _ORIG_BACKWARD(tensors, *args, **kwargs)
-    finally:
-        if window:
-            trap.open_window()
-    trap.after_backward(sys._getframe(1))
-    return result
-
-
-_ORIG_TENSOR_BACKWARD = torch.Tensor.backward
-
-
-def _tensor_backward(self, *args, **kwargs):
-    """`loss.backward()`: the recording mode leaves the stack before the call is dispatched (inside the
-    mode's own handler it could not, and every later torch call of the step -- the optimizer's --
-    would pay for it). A step with no module call records again after it (see _autograd_backward)."""
-    trap = _ACTIVE
-    if trap is None or trap.busy or not trap.window_open or threading.get_ident() != trap.thread:
-        return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
-    trap.close_window()
-    try:
-        return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
-    finally:
-        if not trap.module_events and trap.installed:
-            trap.open_window()
-
-
-PASS_THROUGH.update({_module_call.__code__, _function_apply.__func__.__code__})
 
 
 class TorchTrap(Detector, Localizer, IncidentSink):
@@ -255,18 +95,8 @@ class TorchTrap(Detector, Localizer, IncidentSink):
 
     # -- install / uninstall ------------------------------------------------
     def install(self) -> None:
-        global _ACTIVE
-        if _ACTIVE is not None:
-            raise RuntimeError("a stabcheck trap is already active")
-        _ACTIVE = self
         self.thread = threading.get_ident()
-        torch.nn.Module.__call__ = _module_call
-        torch.autograd.backward = _autograd_backward
-        torch.Tensor.backward = _tensor_backward
-        torch.autograd.Function.apply = _function_apply
-        torch.optim.Optimizer.zero_grad = _zero_grad
-        if _GradScaler is not None:
-            _GradScaler.scale = _scaler_scale
+        torch_patches.install(self)
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
         self.handles = [register_optimizer_step_pre_hook(self._pre_step),
@@ -280,7 +110,6 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.at_step_boundary()  # a re-run of step 0
 
     def uninstall(self) -> None:
-        global _ACTIVE
         if not self.installed:
             return
         self.installed = False
@@ -297,17 +126,10 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             for handle in self.handles:
                 handle.remove()
             self.handles = []
-            torch.nn.Module.__call__ = _ORIG_MODULE_CALL
-            torch.autograd.backward = _ORIG_BACKWARD
-            torch.Tensor.backward = _ORIG_TENSOR_BACKWARD
-            torch.autograd.Function.apply = _ORIG_APPLY
-            torch.optim.Optimizer.zero_grad = _ORIG_ZERO_GRAD
             readback.uninstall()
             warning_lines.uninstall()
-            if _GradScaler is not None:
-                _GradScaler.scale = _ORIG_SCALE
         finally:
-            _ACTIVE = None
+            torch_patches.uninstall()
         self.events = []
 
     def final_check(self) -> None:
@@ -319,7 +141,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             return
         self.busy += 1
         try:
-            kept = _kept_by_the_program(sys._getframe(1))
+            kept = kept_by_the_program(sys._getframe(1))
             bad = next(((t, e) for e in self.events for t in float_tensors(e.output) if id(t) in kept
                         and t.device.type != "meta" and bool(torch.isnan(t.detach()).any())), None)
         finally:
@@ -429,7 +251,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         if track:
             self.mod_stack.append(module)
         try:
-            out = _ORIG_MODULE_CALL(module, *args, **kwargs)
+            out = torch_patches.ORIG_MODULE_CALL(module, *args, **kwargs)
         except RuntimeError as exc:
             if isinstance(module, LOSS_MODULE):  # BCELoss refuses NaN input: say where the NaN came from
                 self.depth = 0
@@ -468,7 +290,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         if len(roots) == 1 and roots[0].numel() == 1:
             self.step_loss = roots[0].detach()  # for the flight recorder
         if not self.saw_optimizer:  # no optimizer: the gradients are checked after backward()
-            self.grad_leaves = _leaves(roots)
+            self.grad_leaves = grad_leaves(roots)
         if not (len(roots) == 1 and roots[0] is self.last_checked):  # a loss checked already
             # a GradScaler-scaled loss may overflow to inf on purpose (the scaler then skips the step)
             self.check(roots, "backward", "the tensor passed to backward() is", sys._getframe(2), self.scaled)
@@ -593,4 +415,4 @@ def activate(config: TrapConfig) -> TorchTrap:
 
 
 def active() -> TorchTrap | None:
-    return _ACTIVE
+    return torch_patches.active()

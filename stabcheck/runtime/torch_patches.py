@@ -1,0 +1,172 @@
+"""The PyTorch entry points the trap wraps while it is installed, and nothing else: each wrapper
+hands its call to the active TorchTrap (torch_trap.py), or straight through when none is active, in a
+thread other than the one that installed it, or while the trap runs its own code (`busy`).
+
+    nn.Module.__call__        top-level module calls are recorded (torch_record.py)
+    torch.autograd.backward   the tensors passed to it and the .grad it leaves are checked
+    Tensor.backward           leaves the recording mode before torch dispatches it
+    autograd.Function.apply   a custom Function is recorded as one call (its backward is replayed)
+    Optimizer.zero_grad       runs outside the recording (a closure's zero_grad starts its step)
+    GradScaler.scale          a scaled loss may overflow on purpose
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import torch
+
+from stabcheck.runtime.torch_record import OpEvent
+from stabcheck.runtime.torch_support import PASS_THROUGH, where
+
+ORIG_MODULE_CALL = torch.nn.Module.__call__
+_ORIG_BACKWARD = torch.autograd.backward
+
+
+_ACTIVE = None  # the installed TorchTrap
+
+
+def _module_call(self, *args, **kwargs):
+    trap = _ACTIVE
+    if trap is None or threading.get_ident() != trap.thread:
+        # the recording is the installing thread's (other training threads are checked at the
+        # optimizer step: they must not interleave with its module stack)
+        return ORIG_MODULE_CALL(self, *args, **kwargs)
+    if trap.depth or trap.busy:
+        if trap.track_modules:
+            trap.mod_stack.append(self)
+            try:
+                return ORIG_MODULE_CALL(self, *args, **kwargs)
+            finally:
+                trap.mod_stack.pop()
+        return ORIG_MODULE_CALL(self, *args, **kwargs)
+    return trap.top_level_call(self, args, kwargs)
+
+
+try:
+    from torch.amp.grad_scaler import GradScaler as _GradScaler
+
+    _ORIG_SCALE = _GradScaler.scale
+except (ImportError, AttributeError):  # pragma: no cover - torch without torch.amp
+    _GradScaler = _ORIG_SCALE = None
+
+
+def _scaler_scale(self, outputs):
+    trap = _ACTIVE
+    if trap is not None:
+        trap.scaled = True
+    return _ORIG_SCALE(self, outputs)
+
+
+_ORIG_APPLY = torch.autograd.Function.__dict__["apply"]
+
+
+@classmethod
+def _function_apply(cls, *args, **kwargs):
+    """A custom autograd.Function is recorded as one call (not as its forward's ops), so that a replay
+    builds its node again and runs the user's backward()."""
+    trap = _ACTIVE
+    if trap is None or trap.depth or trap.busy or not trap.window_open or threading.get_ident() != trap.thread:
+        return _ORIG_APPLY.__func__(cls, *args, **kwargs)
+    trap.depth += 1
+    try:
+        out = _ORIG_APPLY.__func__(cls, *args, **kwargs)
+    finally:
+        trap.depth -= 1
+    if trap.step_done:
+        trap.new_step()
+    trap.record(OpEvent(cls.apply, args, kwargs, out, where(sys._getframe(1)), torch.is_grad_enabled()))
+    return out
+
+
+_ORIG_ZERO_GRAD = torch.optim.Optimizer.zero_grad
+
+
+def _zero_grad(self, *args, **kwargs):
+    """optimizer.zero_grad() runs with the recording off: clearing .grad is no part of a step's
+    computation, and recording its per-parameter calls would cost more than the rest of the trap."""
+    trap = _ACTIVE
+    if trap is not None and trap.in_step and not trap.busy and threading.get_ident() == trap.thread:
+        # a closure evaluated by optimizer.step() (LBFGS) begins: a step of its own, recorded from here
+        trap.new_step()  # also when it calls no module (the optimizer's own calls are not: TailMode)
+        trap.open_window()
+    if trap is None or not trap.window_open:
+        return _ORIG_ZERO_GRAD(self, *args, **kwargs)
+    trap.close_window()
+    try:
+        return _ORIG_ZERO_GRAD(self, *args, **kwargs)
+    finally:
+        trap.open_window()
+
+
+def _autograd_backward(tensors, *args, **kwargs):
+    trap = _ACTIVE
+    if trap is None or trap.busy or threading.get_ident() != trap.thread:
+        return _ORIG_BACKWARD(tensors, *args, **kwargs)
+    trap.raise_if_stopped()
+    trap.before_backward(tensors, args[0] if args else kwargs.get("grad_tensors"))
+    # backward()'s own torch calls (the seed gradient) are no part of the step to record; after it, a
+    # step of module calls records again from its next module call (what runs in between -- clipping,
+    # the optimizer -- is no part of a forward, and the recording mode would cost every op there)
+    window = trap.window_open and not trap.module_events
+    trap.close_window()
+    try:
+        result = _ORIG_BACKWARD(tensors, *args, **kwargs)
+    finally:
+        if window:
+            trap.open_window()
+    trap.after_backward(sys._getframe(1))
+    return result
+
+
+_ORIG_TENSOR_BACKWARD = torch.Tensor.backward
+
+
+def _tensor_backward(self, *args, **kwargs):
+    """`loss.backward()`: the recording mode leaves the stack before the call is dispatched (inside the
+    mode's own handler it could not, and every later torch call of the step -- the optimizer's --
+    would pay for it). A step with no module call records again after it (see _autograd_backward)."""
+    trap = _ACTIVE
+    if trap is None or trap.busy or not trap.window_open or threading.get_ident() != trap.thread:
+        return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
+    trap.close_window()
+    try:
+        return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
+    finally:
+        if not trap.module_events and trap.installed:
+            trap.open_window()
+
+
+PASS_THROUGH.update({_module_call.__code__, _function_apply.__func__.__code__})
+
+
+_PATCHES = [(torch.nn.Module, "__call__", ORIG_MODULE_CALL, _module_call),
+            (torch.autograd, "backward", _ORIG_BACKWARD, _autograd_backward),
+            (torch.Tensor, "backward", _ORIG_TENSOR_BACKWARD, _tensor_backward),
+            (torch.autograd.Function, "apply", _ORIG_APPLY, _function_apply),
+            (torch.optim.Optimizer, "zero_grad", _ORIG_ZERO_GRAD, _zero_grad)]
+if _GradScaler is not None:
+    _PATCHES.append((_GradScaler, "scale", _ORIG_SCALE, _scaler_scale))
+
+
+def install(trap) -> None:
+    global _ACTIVE
+    if _ACTIVE is not None:
+        raise RuntimeError("a stabcheck trap is already active")
+    _ACTIVE = trap
+    for owner, name, _original, patch in _PATCHES:
+        setattr(owner, name, patch)
+
+
+def uninstall() -> None:
+    global _ACTIVE
+    try:
+        for owner, name, original, _patch in _PATCHES:
+            setattr(owner, name, original)
+    finally:
+        _ACTIVE = None
+
+
+def active():
+    return _ACTIVE
