@@ -106,15 +106,11 @@ def _autograd_backward(tensors, *args, **kwargs):
         return _ORIG_BACKWARD(tensors, *args, **kwargs)
     trap.raise_if_stopped()
     trap.before_backward(tensors, args[0] if args else kwargs.get("grad_tensors"))
-    # backward()'s own torch calls (the seed gradient) are no part of the step to record; after it, a
-    # step of module calls records again from its next module call (what runs in between -- clipping,
-    # the optimizer -- is no part of a forward, and the recording mode would cost every op there)
-    window = trap.window_open and not trap.module_events
-    trap.close_window()
+    reopen = trap.close_for_backward()
     try:
         result = _ORIG_BACKWARD(tensors, *args, **kwargs)
     finally:
-        if window:
+        if reopen:
             trap.open_window()
     trap.after_backward(sys._getframe(1))
     return result
@@ -126,15 +122,15 @@ _ORIG_TENSOR_BACKWARD = torch.Tensor.backward
 def _tensor_backward(self, *args, **kwargs):
     """`loss.backward()`: the recording mode leaves the stack before the call is dispatched (inside the
     mode's own handler it could not, and every later torch call of the step -- the optimizer's --
-    would pay for it). A step with no module call records again after it (see _autograd_backward)."""
+    would pay for it). A step with no module call records again after it (TorchTrap.close_for_backward)."""
     trap = _ACTIVE
     if trap is None or trap.busy or not trap.window_open or threading.get_ident() != trap.thread:
         return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
-    trap.close_window()
+    reopen = trap.close_for_backward()
     try:
         return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
     finally:
-        if not trap.module_events and trap.installed:
+        if reopen and trap.installed:
             trap.open_window()
 
 

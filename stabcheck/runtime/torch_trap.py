@@ -166,6 +166,14 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             self.tail_mode.__exit__(None, None, None)
             self.tail_pushed = False
 
+    def close_for_backward(self) -> bool:
+        """backward()'s own torch calls (the seed gradient) are no part of the step to record; after
+        it, a step of module calls records again from its next module call (what runs in between --
+        clipping, the optimizer -- is no part of a forward). True: reopen after it (no module call)."""
+        reopen = self.window_open and not self.module_events
+        self.close_window()
+        return reopen
+
     # -- boundaries -----------------------------------------------------------
     @property
     def step(self) -> int:
@@ -178,16 +186,13 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         if self.step_done and not self.saw_optimizer and (self.pending or self.flags):
             # no optimizer step to sync at: check the previous step's device values now, once
             self.flush(None, "backward", "after backward()")
-        self.events = []
-        self.event_bytes = 0
-        self.dropped = {}
+        self.forget_step()
         self.roots = []
         self.step_done = False
         self.scaled = False
-        self.module_events = self.grad_events = 0
 
     def forget_step(self) -> None:
-        """Recording this step failed: keep nothing of it (a replay with a gap would mislead)."""
+        """Drop this step's recording (also when recording it failed: a replay with a gap would mislead)."""
         self.events = []
         self.event_bytes = 0
         self.dropped = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from stabcheck.runtime.frames import OWN_DIR
+from stabcheck.runtime.frames import OWN_DIR, user_frame
 
 _previous = None
 _is_internal = None
@@ -24,14 +24,15 @@ _depth = 0
 
 def _show(message, category, filename, lineno, file=None, line=None):
     if filename.startswith(OWN_DIR) and _is_internal is not None:
-        frame = sys._getframe(1)
-        while frame is not None:
-            name = frame.f_code.co_filename
-            if not name.startswith(OWN_DIR) and not _is_internal(name) and name != warnings.__file__:
-                filename, lineno, line = name, frame.f_lineno, None
-                break
-            frame = frame.f_back
+        frame = user_frame(sys._getframe(1), _not_users)
+        if frame is not None:
+            filename, lineno, line = frame.f_code.co_filename, frame.f_lineno, None
     return _previous(message, category, filename, lineno, file, line)
+
+
+def _not_users(filename: str) -> bool:
+    """A library's file, or the warnings module showing this warning."""
+    return _is_internal(filename) or filename == warnings.__file__
 
 
 def install(is_internal) -> None:
