@@ -2,7 +2,8 @@
 
 The trap keeps a flight recorder of cheap per-step scalars (the loss every step;
 the gradient and parameter norms every NORM_EVERY steps, as they cost a pass
-over the weights) on the device, without a sync; they are read only when a report
+over the weights, or less often where that pass is dear next to a step: see
+norms_due) on the device, without a sync; they are read only when a report
 is built. A report whose recent loss grew by DIVERGED_GROWTH or more is a
 divergence: the hint names the learning rate, the JSON carries the numbers and
 the panel a sparkline.
@@ -13,7 +14,9 @@ from __future__ import annotations
 import math
 
 HISTORY = 48  # steps kept
-NORM_EVERY = 24  # gradient / parameter norms are recorded every this many steps (a pass over the weights)
+NORM_EVERY = 24  # gradient / parameter norms are recorded every this many steps (a pass over the weights)...
+NORM_BUDGET = 0.005  # ... or less often, so that they cost at most this share of the training time ...
+NORM_EVERY_MAX = HISTORY - 1  # ... but at least once in the steps a report shows
 DIVERGED_GROWTH = 1e3  # last finite loss / typical early loss
 _BARS = "▁▂▃▄▅▆▇█"
 
@@ -30,6 +33,15 @@ def diagnose(steps: list[int], losses: list[float | None], grad_norms: list[floa
         return None
     return {"steps": steps, "loss": _json(losses), "grad_norm": _json(grad_norms), "param_norm": _json(param_norms),
             "lr": lrs[0] if len(lrs) == 1 else (lrs or None), "growth": late / max(early, 1e-12)}
+
+
+def norms_due(step: int, cost: float, step_time: float) -> int:
+    """The step at which the norms are taken next, after a pass over the weights that took `cost`
+    seconds on steps of `step_time` seconds (on a tiny model a pass costs a third of a step)."""
+    every = NORM_EVERY
+    if step_time > 0:
+        every = max(every, min(NORM_EVERY_MAX, math.ceil(cost / (NORM_BUDGET * step_time))))
+    return step + every
 
 
 def _json(values):

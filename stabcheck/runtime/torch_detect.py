@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import weakref
 
 import torch
 
-from stabcheck.runtime.divergence import NORM_EVERY
+from stabcheck.runtime.divergence import norms_due
 from stabcheck.runtime.report import Location
 from stabcheck.runtime.torch_record import ModuleEvent, OpEvent
 from stabcheck.runtime.torch_support import (caller, checkable, finite_now, float_tensors, host_item, kind_of,
@@ -48,6 +49,15 @@ class Detector:
 
         `where` is a Location, or a frame whose user caller is looked up only when needed.
         """
+        if (type(value) is torch.Tensor and value.is_cpu and not self.defer_cpu and value.numel() == 1
+                and value.is_floating_point() and not value.is_sparse):
+            # the common case first, a CPU loss: one read of its value, no torch op
+            number = host_item(value)
+            if math.isfinite(number) or (nan_only and not math.isnan(number)):
+                self.last_checked = value
+                if at == "loss" and not self.pending:
+                    self.muted = False
+                return
         self.busy += 1
         try:
             bad = None
@@ -77,7 +87,8 @@ class Detector:
         """Global optimizer step pre-hook: gradients (and pending values) checked before the update."""
         if self.busy:
             return
-        self.raise_if_stopped()
+        if self.stopped is not None:
+            self.raise_if_stopped()
         if self.tail_pushed:
             self.close_window()
         self.saw_optimizer = True
@@ -86,9 +97,10 @@ class Detector:
             self.last_optimizer = weakref.ref(optimizer)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         self.record_scalars(grads, optimizer)
-        if grads and self._grads_finite_fast(grads):
+        per_op = self.flag_mode is not None  # (flags exist only then: no call to ask them otherwise)
+        if grads and self._grads_finite_fast(grads) and per_op:
             self.drop_backward_flags()
-        if not self.pending and not self.flags and grads and self._grads_ok:
+        if grads and self._grads_ok and not self.pending and not (per_op and self.flags):
             self.muted = False
         else:
             grads = [v for v in map(checkable, grads) if v is not None]
@@ -104,19 +116,26 @@ class Detector:
         self.step_done = True
 
     def record_scalars(self, grads, optimizer=None) -> None:
-        """The flight recorder (divergence.py): this step's loss, and every NORM_EVERY steps the
+        """The flight recorder (divergence.py): this step's loss, and every NORM_EVERY steps or so the
         gradient and parameter norms, copied into a ring on the device (no sync; read only for a
         report; torch_flight.py)."""
         loss, self.step_loss = self.step_loss, None
-        grad_norm = param_norm = None
+        step = self.step
+        now = time.perf_counter()
+        step_time, self.step_clock = now - self.step_clock, now
+        if step < self.norms_due or not grads:
+            self.history.record(step, loss)
+            return
         self.busy += 1
         try:
-            if self.step % NORM_EVERY == 0 and grads:
-                params = [p.detach() for group in optimizer.param_groups for p in group["params"]] if optimizer else []
-                grad_norm, param_norm = _total_norm(grads), _total_norm(params)
-            self.history.record(self.step, loss, grad_norm, param_norm)
+            params = [p.detach() for group in optimizer.param_groups for p in group["params"]] if optimizer else []
+            norms = _total_norm(grads), _total_norm(params)
+            if not self.defer_cpu:  # a norm on the host is kept as a number (no ring to copy it into)
+                norms = tuple(host_item(n) if n is not None and n.is_cpu else n for n in norms)
+            self.history.record(step, loss, *norms)
         finally:
             self.busy -= 1
+        self.norms_due = norms_due(step, time.perf_counter() - now, step_time)
 
     def _grads_finite_fast(self, grads) -> bool:
         """Common case: dense gradients of one dtype on one device -> GradScaler's fused check, one sync.
@@ -136,14 +155,17 @@ class Detector:
                     g.device != device or g.dtype != dtype or g.layout != torch.strided for g in grads):
                 return False
             self._uniform_key = key
-        bufs = self._found_inf.get(g0.device)
-        if bufs is None:
-            bufs = self._found_inf[g0.device] = (torch.zeros(1, device=g0.device), torch.ones(1, device=g0.device))
-        found, one = bufs
         self.busy += 1
         try:
+            bufs = self._found_inf.get(g0.device)
+            if bufs is None:
+                found = torch.zeros(1, device=g0.device)
+                # on the host the flag is read through a numpy view of it: no torch call per step
+                bufs = self._found_inf[g0.device] = (found, torch.ones(1, device=g0.device),
+                                                     found.numpy() if found.is_cpu else None)
+            found, one, view = bufs
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
-            self._grads_ok = not host_item(found)
+            self._grads_ok = not (view[0] if view is not None else host_item(found))
             if not self._grads_ok:
                 found.zero_()  # the kernel only ever sets it: cleared once it was read set
                 self._uniform_key = None  # and the next step looks at each gradient again

@@ -4,6 +4,7 @@ Each step's loss, gradient norm and parameter norm are copied into a fixed ring 
 fp32 values per device, not kept as 0-d tensors: HISTORY steps' worth of tiny allocations, each
 alive for HISTORY steps among the activations of every step, fragmented the host heap (word LM
 example: peak RSS +40%; benchmarks/runtime_programs.py). Written without a sync, read for a report.
+A value already on the host (a CPU loss, read by its check anyway) is kept as a float in its row.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ class FlightRecorder:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def record(self, step: int, *values) -> None:
-        """(loss, grad_norm, param_norm) of `step`, each a 0-d tensor or None. A second record of the
-        same step (backward() before the optimizer step) fills what the first left out. Values wait
-        in a short list and go into the ring FLUSH_EVERY at a time (one copy per device, not one per
-        value: a per-step cost of a few microseconds was a tenth of a tiny model's step)."""
+    def record(self, step: int, loss, grad_norm=None, param_norm=None) -> None:
+        """(loss, grad_norm, param_norm) of `step`, each a float, a 0-d tensor or None. A second record
+        of the same step (backward() before the optimizer step) fills what the first left out. Tensors
+        wait in a short list and go into the ring FLUSH_EVERY at a time (one copy per device, not one
+        per value: a per-step cost of a few microseconds was a tenth of a tiny model's step)."""
         rows = self.rows
         if rows and rows[-1][0] == step:
             row = rows[-1]
@@ -40,10 +41,16 @@ class FlightRecorder:
             row = [step, self.next_slot, None, None, None]
             self.next_slot = (self.next_slot + 1) % HISTORY
             rows.append(row)
+        if type(loss) is float and grad_norm is None and param_norm is None:  # a CPU step with no norms
+            row[2] = loss
+            return
         base = 3 * row[1]
         waiting = self.waiting
-        for k, value in enumerate(values):
+        for k, value in enumerate((loss, grad_norm, param_norm)):
             if value is None:
+                continue
+            if isinstance(value, float):
+                row[2 + k] = value
                 continue
             if value.requires_grad:  # a gradient norm under create_graph=True
                 value = value.detach()
@@ -71,8 +78,8 @@ class FlightRecorder:
         self.flush()
         host = {device: ring.tolist() for device, ring in self.rings.items()}
         columns: tuple[list, list, list, list] = ([], [], [], [])
-        for step, slot, *devices in self.rows:
+        for step, slot, *kept in self.rows:  # each a float, the device whose ring holds it, or None
             columns[0].append(step)
-            for k, device in enumerate(devices):
-                columns[1 + k].append(host[device][3 * slot + k] if device is not None else None)
+            for k, where in enumerate(kept):
+                columns[1 + k].append(where if where is None or isinstance(where, float) else host[where][3 * slot + k])
         return columns

@@ -282,13 +282,12 @@ class Localizer:
                     check.event = event
                     args, kwargs = tree_map(sub, event.args), tree_map(sub, event.kwargs)
                     with torch.set_grad_enabled(event.grad_enabled), autocast(event.amp):
-                        if isinstance(event, ModuleEvent):
+                        if event.rng is not None:
                             set_rng_state(event.rng)
+                        if isinstance(event, ModuleEvent):
                             with check:
                                 out = replay_target(event.module)(*args, **kwargs)
                         else:
-                            if event.rng is not None:
-                                set_rng_state(event.rng)
                             if is_inplace(event.func) and not _writes_replayed(args, mapping):
                                 continue  # it wrote an original tensor, whose value now already holds its effect
                             with check:

@@ -29,9 +29,10 @@ _ACTIVE = None  # the installed TorchTrap
 
 def _module_call(self, *args, **kwargs):
     trap = _ACTIVE
-    if trap is None or threading.get_ident() != trap.thread:
-        # the recording is the installing thread's (other training threads are checked at the
-        # optimizer step: they must not interleave with its module stack)
+    if trap is None or (trap.depth and not trap.track_modules) or threading.get_ident() != trap.thread:
+        # a submodule of a recorded call (the common case first: no thread lookup per submodule), or
+        # another thread (the recording is the installing thread's; other training threads are
+        # checked at the optimizer step: they must not interleave with its module stack)
         return ORIG_MODULE_CALL(self, *args, **kwargs)
     if trap.depth or trap.busy:
         if trap.track_modules:
@@ -112,23 +113,28 @@ def _autograd_backward(tensors, *args, **kwargs):
     finally:
         if reopen:
             trap.open_window()
-    trap.after_backward(sys._getframe(1))
+    trap.after_backward()
     return result
 
 
 _ORIG_TENSOR_BACKWARD = torch.Tensor.backward
+_has_torch_function = torch._C._has_torch_function_unary
 
 
-def _tensor_backward(self, *args, **kwargs):
+def _tensor_backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
     """`loss.backward()`: the recording mode leaves the stack before the call is dispatched (inside the
     mode's own handler it could not, and every later torch call of the step -- the optimizer's --
-    would pay for it). A step with no module call records again after it (TorchTrap.close_for_backward)."""
+    would pay for it). A step with no module call records again after it (TorchTrap.close_for_backward).
+    For a plain tensor it then does what Tensor.backward does (autograd.backward, here the wrapper
+    below) without Tensor.backward's own frame: the trap adds no call depth to backward()."""
     trap = _ACTIVE
-    if trap is None or trap.busy or not trap.window_open or threading.get_ident() != trap.thread:
-        return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
+    if trap is None or trap.busy or threading.get_ident() != trap.thread:
+        return _ORIG_TENSOR_BACKWARD(self, gradient, retain_graph, create_graph, inputs)
     reopen = trap.close_for_backward()
     try:
-        return _ORIG_TENSOR_BACKWARD(self, *args, **kwargs)
+        if type(self) is torch.Tensor and not _has_torch_function(self):
+            return _autograd_backward(self, gradient, retain_graph, create_graph, inputs=inputs)
+        return _ORIG_TENSOR_BACKWARD(self, gradient, retain_graph, create_graph, inputs)
     finally:
         if reopen and trap.installed:
             trap.open_window()

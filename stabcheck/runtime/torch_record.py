@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import weakref
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from stabcheck.runtime.report import Location
-from stabcheck.runtime.torch_support import AMP_DEVICES, is_internal, rng_state, where
+from stabcheck.runtime.torch_support import AMP_DEVICES, is_internal, rng_state, site, where
 
 MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
 MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in between (newest kept)
@@ -37,6 +38,61 @@ LOSS_FUNCTIONS = frozenset(
     ) if hasattr(F, name)
 )
 
+_TORCH_LOSSES = LOSS_MODULE.__module__  # torch's own loss modules draw no random numbers
+LEARN_CALLS = 8  # calls of a module seen drawing no random numbers before its calls are recorded without the RNG state
+RECHECK_EVERY = 64  # a module taken as drawing none is checked again on one call in this many
+_DRAWS = -1  # a module seen drawing random numbers: its calls always keep the RNG state
+
+
+class RandomDraws:
+    """Which modules draw random numbers in their forward: a replay of a call that draws must restore the
+    RNG state of that moment (the same dropout mask); a call that draws none needs no state. Keeping
+    the state is a 5 kB copy per call, the largest single cost of the trap on a small model's step, so
+    it is kept only while a module may draw: always for one seen drawing, for its first LEARN_CALLS
+    calls (each compared with the state after it), then on one call in RECHECK_EVERY (where a module
+    that draws only sometimes is caught). Learned per module and train/eval mode (dropout draws only in
+    training). A call that drew although taken as drawing none is replayed with other random numbers:
+    that replay may not reproduce, and the re-run (rerun.py), which re-executes the script, localizes."""
+
+    def __init__(self):
+        self.seen: dict = {}  # (id(module), training) -> [weakref to the module, calls seen drawing none or _DRAWS]
+
+    def before(self, module):
+        """(the RNG state to record with this call or None, whether to compare it with the state after)."""
+        if type(module).__module__ == _TORCH_LOSSES:
+            return None, False
+        key = (id(module), module.training)
+        entry = self.seen.get(key)
+        if entry is None or entry[0]() is not module:
+            if len(self.seen) > 4096:  # modules made anew each step: forget the dead ones
+                self.seen = {k: e for k, e in self.seen.items() if e[0]() is not None}
+            entry = self.seen[key] = [weakref.ref(module), 0]
+        calls = entry[1]
+        if calls == _DRAWS:
+            return rng_state(), False
+        if calls >= LEARN_CALLS and calls % RECHECK_EVERY:
+            entry[1] = calls + 1
+            return None, False
+        return rng_state(), True
+
+    def after(self, module, state) -> None:
+        """After a call recorded with `state` and to be compared: did it draw?"""
+        entry = self.seen.get((id(module), module.training))
+        if entry is None or entry[0]() is not module:
+            return
+        now = rng_state()
+        drew = len(now) != len(state) or any(not torch.equal(a, b) for a, b in zip(_flat(now), _flat(state)))
+        entry[1] = _DRAWS if drew else entry[1] + 1
+
+
+def _flat(state) -> list:
+    """The tensors of an rng_state(): the CPU generator's, then each CUDA device's."""
+    return [state[0], *(state[1] if len(state) > 1 else ())]
+
+
+
+# one C call per recorded event says whether autocast is on at all (amp_state asks each device)
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (lambda: True)
 
 
 class ModuleEvent:
@@ -46,11 +102,12 @@ class ModuleEvent:
 
     def __init__(self, module, args, kwargs, rng, where, grad_enabled):
         self.module, self.args, self.kwargs, self.rng = module, args, kwargs, rng
-        self.where, self.grad_enabled, self.amp, self.output = where, grad_enabled, amp_state(), None
+        self.where, self.grad_enabled, self.output = where, grad_enabled, None
+        self.amp = amp_state() if _any_autocast() else None
 
     @property
     def location(self) -> Location | None:
-        return Location(*self.where) if self.where else None
+        return site(self.where)
 
 
 class OpEvent:
@@ -60,11 +117,12 @@ class OpEvent:
 
     def __init__(self, func, args, kwargs, output, where, grad_enabled, rng=None):
         self.func, self.args, self.kwargs, self.output = func, args, kwargs, output
-        self.where, self.grad_enabled, self.amp, self.rng = where, grad_enabled, amp_state(), rng
+        self.where, self.grad_enabled, self.rng = where, grad_enabled, rng
+        self.amp = amp_state() if _any_autocast() else None
 
     @property
     def location(self) -> Location | None:
-        return Location(*self.where) if self.where else None
+        return site(self.where)
 
 
 # torch calls that draw random numbers: their event keeps the RNG state, so a replay draws the same ones
@@ -88,6 +146,8 @@ def reexecuted(event) -> bool:
 
 def amp_state():
     """Autocast settings in force (a replay must run in the same precision), or None."""
+    if not _any_autocast():
+        return None
     state = None
     for device in AMP_DEVICES:
         if torch.is_autocast_enabled(device):
@@ -137,7 +197,7 @@ class TailMode(TorchFunctionMode):
                 trap.forget_step()
                 return out
             if func in LOSS_FUNCTIONS:
-                trap.check(out, "loss", f"{func.__name__}() returned", Location(*at) if at else None)
+                trap.check(out, "loss", f"{func.__name__}() returned", site(at))
         return out
 
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import weakref
 
 import torch
-from torch.overrides import _get_current_function_mode
 
 from stabcheck.runtime import divergence, hints, readback, torch_patches, warning_lines
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
@@ -37,14 +37,19 @@ from stabcheck.runtime.torch_flags import FlagLog, FlagMode
 from stabcheck.runtime.torch_flight import FlightRecorder
 from stabcheck.runtime.torch_localize import Localizer, WatchMode
 from stabcheck.runtime.torch_record import (LOSS_MODULE, MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent,
-                                            OpEvent, TailMode)
-from stabcheck.runtime.torch_support import (caller, float_tensors, grad_leaves, is_internal, kept_by_the_program,
-                                             kind_of, loc_of, rng_state, tensor_stats, where)
+                                            OpEvent, RandomDraws, TailMode)
+from stabcheck.runtime.torch_support import (caller, float_tensors, grad_leaves, host_item, is_internal,
+                                             kept_by_the_program, kind_of, loc_of, site, tensor_stats, where)
+
+# the torch function mode stack, called directly (TorchFunctionMode.__enter__/__exit__ wrap these in
+# two Python frames each; the recording mode is pushed and popped a few times per step)
+_push_function_mode = torch._C._push_on_torch_function_stack
+_pop_function_mode = torch._C._pop_torch_function_stack
+_function_modes = torch._C._len_torch_function_stack
+_function_mode_at = torch._C._get_function_stack_at
 
 # ---------------------------------------------------------------------------
 # the trap
-
-
 
 
 class TorchTrap(Detector, Localizer, IncidentSink):
@@ -61,6 +66,8 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.in_step = False  # between an optimizer's step pre- and post-hook
         self.step_loss = None  # the loss of this step (a 0-d tensor passed to backward())
         self.history = FlightRecorder()  # per-step loss and norms, for a divergence diagnosis
+        self.norms_due = 0  # the step at which the flight recorder takes the norms next
+        self.step_clock = time.perf_counter()  # when the flight recorder last recorded (a step's time)
         self.last_optimizer = None  # weakref of the optimizer of the last step
         self.primary_optimizer = None  # weakref of the first optimizer seen: its steps are the step count
         self.steps = 0
@@ -74,6 +81,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.window_open = False  # recording the user's torch calls
         self.tail_pushed = False  # the recording mode is on the torch function mode stack
         self.tail_mode = TailMode(self)
+        self.draws = RandomDraws()  # which modules' calls need the RNG state recorded
         self.flag_mode = FlagMode(self) if config.per_op else None
         self.watch: WatchMode | None = None  # a re-run's failing step (at_step_boundary)
         self.anomaly = None  # anomaly mode before the watch turned it on
@@ -155,16 +163,18 @@ class TorchTrap(Detector, Localizer, IncidentSink):
     def open_window(self) -> None:
         self.window_open = True
         if not self.tail_pushed:
-            self.tail_mode.__enter__()
+            _push_function_mode(self.tail_mode)  # (what TorchFunctionMode.__enter__ does, without its frames)
             self.tail_pushed = True
 
     def close_window(self) -> None:
         """Stop recording. The mode leaves the stack now if it is on top; inside its own handler
         (a check fired from backward() or a loss function) it is popped at the next boundary."""
         self.window_open = False
-        if self.tail_pushed and _get_current_function_mode() is self.tail_mode:
-            self.tail_mode.__exit__(None, None, None)
-            self.tail_pushed = False
+        if self.tail_pushed:
+            depth = _function_modes()
+            if depth and _function_mode_at(depth - 1) is self.tail_mode:
+                _pop_function_mode()
+                self.tail_pushed = False
 
     def close_for_backward(self) -> bool:
         """backward()'s own torch calls (the seed gradient) are no part of the step to record; after
@@ -204,7 +214,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         original tensors to calls whose producers were dropped, so it stays valid)."""
         events = self.events
         events.append(event)
-        if isinstance(event, OpEvent) and isinstance(event.output, torch.Tensor):
+        if type(event) is OpEvent and isinstance(event.output, torch.Tensor):
             self.event_bytes += event.output.numel() * event.output.element_size()
         if len(events) > MAX_EVENTS or self.event_bytes > MAX_EVENT_BYTES:
             for dropped in events[: len(events) // 2]:  # their outputs are no inputs of the step
@@ -237,8 +247,13 @@ class TorchTrap(Detector, Localizer, IncidentSink):
                                  "training (NonFiniteError caught, or another thread)", self.stopped)
 
     def top_level_call(self, module, args, kwargs):
-        self.raise_if_stopped()
-        self.close_window()
+        # (the hot path of the trap: one call per top-level module call, kept to what each call needs)
+        if self.stopped is not None:
+            self.raise_if_stopped()
+        if self.tail_pushed:
+            self.close_window()
+        else:
+            self.window_open = False
         grad = torch.is_grad_enabled()
         if self.step_done or (self.in_step and self.roots) or not (grad or self.grad_events):
             # a new step, the next evaluation of a closure by optimizer.step() (each ends with its
@@ -247,7 +262,8 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             self.new_step()
         elif self.module_events >= MAX_MODULE_EVENTS:
             self._drop_oldest()
-        event = ModuleEvent(module, args, kwargs, rng_state(), where(sys._getframe(2)), grad)
+        rng, compare = self.draws.before(module)
+        event = ModuleEvent(module, args, kwargs, rng, where(sys._getframe(2)), grad)
         self.record(event)
         self.module_events += 1
         self.grad_events += grad
@@ -255,10 +271,11 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         track = self.track_modules
         if track:
             self.mod_stack.append(module)
+        is_loss = isinstance(module, LOSS_MODULE)
         try:
             out = torch_patches.ORIG_MODULE_CALL(module, *args, **kwargs)
         except RuntimeError as exc:
-            if isinstance(module, LOSS_MODULE):  # BCELoss refuses NaN input: say where the NaN came from
+            if is_loss:  # BCELoss refuses NaN input: say where the NaN came from
                 self.depth = 0
                 self.loss_refused(exc, type(module).__name__, args, kwargs, event.where)
             raise
@@ -267,7 +284,9 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             if track and self.mod_stack:
                 self.mod_stack.pop()
         event.output = out
-        if isinstance(module, LOSS_MODULE):
+        if compare:
+            self.draws.after(module, rng)
+        if is_loss:
             self.check(out, "loss", f"{type(module).__name__} returned", event)
         self.open_window()  # penalties, scaling and hand-written terms of the loss are recorded too
         return out
@@ -292,19 +311,21 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         if grad_tensors is not None and isinstance(grad_tensors, torch.Tensor):
             grad_tensors = (grad_tensors,)
         self.roots.append((roots, grad_tensors))
-        if len(roots) == 1 and roots[0].numel() == 1:
-            self.step_loss = roots[0].detach()  # for the flight recorder
+        if len(roots) == 1 and roots[0].numel() == 1:  # the loss, for the flight recorder
+            loss = roots[0]
+            self.step_loss = (host_item(loss) if loss.is_cpu and not self.defer_cpu and loss.is_floating_point()
+                              else loss.detach())
         if not self.saw_optimizer:  # no optimizer: the gradients are checked after backward()
             self.grad_leaves = grad_leaves(roots)
         if not (len(roots) == 1 and roots[0] is self.last_checked):  # a loss checked already
             # a GradScaler-scaled loss may overflow to inf on purpose (the scaler then skips the step)
             self.check(roots, "backward", "the tensor passed to backward() is", sys._getframe(2), self.scaled)
 
-    def after_backward(self, frame) -> None:
+    def after_backward(self) -> None:
         leaves, self.grad_leaves = self.grad_leaves, None
         if leaves and not self.saw_optimizer:
             # no optimizer step follows (yet): the gradients it would have checked are checked now
-            self.check_grads(leaves, frame)
+            self.check_grads(leaves, sys._getframe(2))  # (the caller of backward(): frames are dear, asked only here)
         if not self.saw_optimizer:
             self.record_scalars([])
         self.backward_calls += 1
@@ -317,7 +338,8 @@ class TorchTrap(Detector, Localizer, IncidentSink):
     def _post_step(self, optimizer, args, kwargs) -> None:
         self.in_step = False
         self.updating = 0
-        self.at_step_boundary()
+        if self.config.rerun_until is not None:
+            self.at_step_boundary()
         if not self.module_events:
             self.open_window()  # code with no module call: record the next step from its first op
 
@@ -329,8 +351,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         bad = next((t for t in float_tensors((args, kwargs)) if not bool(torch.isfinite(t.detach()).all())), None)
         if bad is not None:
             reason = str(exc).splitlines()[0][:120]
-            self.trip("loss", f"{name}() refused its input ({reason}); the input is {kind_of(bad)}",
-                      Location(*at) if at else None, bad)
+            self.trip("loss", f"{name}() refused its input ({reason}); the input is {kind_of(bad)}", site(at), bad)
 
     def read_back(self, value, how: str, frame) -> None:
         """A non-finite value left the computation for the host (.item(), print, .numpy(), ...)."""

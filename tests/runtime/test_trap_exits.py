@@ -197,9 +197,11 @@ def test_a_loop_without_backward_keeps_a_bounded_recording():
     assert 0 < held <= MAX_EVENT_BYTES
 
 
-def test_the_flight_recorder_holds_one_ring_not_a_tensor_per_step():
+@pytest.mark.parametrize("on_device", [True, False], ids=["device", "host"])
+def test_the_flight_recorder_holds_one_ring_not_a_tensor_per_step(on_device):
     """The loss and norms of the last HISTORY steps stay on the device for a divergence diagnosis, in one
-    fixed ring: 0-d tensors alive for HISTORY steps among each step's activations fragmented the heap."""
+    fixed ring: 0-d tensors alive for HISTORY steps among each step's activations fragmented the heap.
+    On the host (CPU values, read by their checks anyway) they are kept as numbers: no tensor at all."""
     from stabcheck.runtime.divergence import HISTORY
 
     torch.manual_seed(0)
@@ -207,6 +209,7 @@ def test_the_flight_recorder_holds_one_ring_not_a_tensor_per_step():
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     with stabcheck.trap(quiet=True) as trap:
+        trap.defer_cpu = on_device  # CPU values treated as an accelerator's
         for _ in range(HISTORY + 12):
             loss = torch.nn.functional.mse_loss(model(x), y)
             opt.zero_grad()
@@ -216,5 +219,5 @@ def test_the_flight_recorder_holds_one_ring_not_a_tensor_per_step():
         held = tensors_held(trap.history)
     assert steps == list(range(12, HISTORY + 12)) and all(v is not None for v in losses)
     assert abs(losses[-1] - float(torch.nn.functional.mse_loss(model(x), y))) < 0.01
-    assert sum(v is not None for v in grad_norms) == 2  # every NORM_EVERY = 24 steps
-    assert held == 1
+    assert 1 <= sum(v is not None for v in grad_norms) <= 2  # every NORM_EVERY = 24 steps or less often
+    assert held == (1 if on_device else 0)
