@@ -33,7 +33,7 @@ JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
                 the first run detected, and why its replay failed)}
     divergence  null, or the run diverged before the value overflowed: {steps,
                 loss, grad_norm, param_norm (lists, null where not recorded;
-                norms every 24 steps), lr, growth}
+                norms every 32 steps or so), lr, growth}
 
 Tensor stats: shape, dtype, device, min, max (over finite values), zeros,
 negatives, nan, inf (+inf and -inf together), "+inf", "-inf".

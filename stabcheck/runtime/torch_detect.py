@@ -28,7 +28,11 @@ def _total_norm(tensors):
     tensors = [t for t in tensors if t.layout == torch.strided and t.is_floating_point()]
     if not tensors or any(t.device != tensors[0].device for t in tensors):
         return None
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(tensors)]))
+    with torch.no_grad():  # (parameters: no graph, and no detached copy of each)
+        norms = torch._foreach_norm(tensors)
+        if any(n.dtype != torch.float32 for n in norms):
+            norms = [n.float() for n in norms]
+        return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _resolve(where) -> Location | None:
@@ -128,7 +132,7 @@ class Detector:
             return
         self.busy += 1
         try:
-            params = [p.detach() for group in optimizer.param_groups for p in group["params"]] if optimizer else []
+            params = [p for group in optimizer.param_groups for p in group["params"]] if optimizer else []
             norms = _total_norm(grads), _total_norm(params)
             if not self.defer_cpu:  # a norm on the host is kept as a number (no ring to copy it into)
                 norms = tuple(host_item(n) if n is not None and n.is_cpu else n for n in norms)

@@ -219,5 +219,5 @@ def test_the_flight_recorder_holds_one_ring_not_a_tensor_per_step(on_device):
         held = tensors_held(trap.history)
     assert steps == list(range(12, HISTORY + 12)) and all(v is not None for v in losses)
     assert abs(losses[-1] - float(torch.nn.functional.mse_loss(model(x), y))) < 0.01
-    assert 1 <= sum(v is not None for v in grad_norms) <= 2  # every NORM_EVERY = 24 steps or less often
+    assert 1 <= sum(v is not None for v in grad_norms) <= 2  # every NORM_EVERY = 32 steps or less often
     assert held == (1 if on_device else 0)
