@@ -112,3 +112,23 @@ class IncidentSink:
                 except Exception:  # a user's hook must not hide the report
                     pass
             raise NonFiniteError(f"stabcheck: {report.headline()}", report)
+
+
+class TrapSlot:
+    """The one active trap of an adapter that keeps its own (NumPy, JAX; their *_api modules read
+    `trap`): made, installed and uninstalled here."""
+
+    def __init__(self, make):
+        self.make, self.trap = make, None
+
+    def activate(self, config):
+        trap = self.make(config)
+        trap.install()
+        self.trap = trap
+        return trap
+
+    def deactivate(self):
+        trap, self.trap = self.trap, None
+        if trap is not None:
+            trap.uninstall()
+        return trap

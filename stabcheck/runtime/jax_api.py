@@ -22,7 +22,7 @@ def jax_loaded() -> bool:
 
 def _active():
     module = sys.modules.get("stabcheck.runtime.jax_trap")
-    return module._ACTIVE if module is not None else None
+    return module.SLOT.trap if module is not None else None
 
 
 def current():

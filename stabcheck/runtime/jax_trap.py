@@ -32,7 +32,7 @@ from jax._src import dispatch, source_info_util
 
 from stabcheck.runtime import frames, hints
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
-from stabcheck.runtime.incident import Finding, IncidentSink
+from stabcheck.runtime.incident import Finding, IncidentSink, TrapSlot
 from stabcheck.runtime.jax_localize import NOT_REPRODUCED, Input, Producer, localize, neutral, user_where
 from stabcheck.runtime.numerics import array_stats
 from stabcheck.runtime.report import Location, TrapReport
@@ -232,20 +232,5 @@ class JaxTrap(IncidentSink):
         self.emit(self.stamp(self.unlocalized_report(detected, "nan", note, ""), None))
 
 
-_ACTIVE: JaxTrap | None = None
-
-
-def activate(config: TrapConfig) -> JaxTrap:
-    global _ACTIVE
-    trap = JaxTrap(config)
-    trap.install()
-    _ACTIVE = trap
-    return trap
-
-
-def deactivate() -> JaxTrap | None:
-    global _ACTIVE
-    trap, _ACTIVE = _ACTIVE, None
-    if trap is not None:
-        trap.uninstall()
-    return trap
+SLOT = TrapSlot(JaxTrap)  # the active JaxTrap
+activate, deactivate = SLOT.activate, SLOT.deactivate

@@ -16,7 +16,7 @@ _last_stopped = None
 
 def _active():
     module = sys.modules.get("stabcheck.runtime.numpy_trap")
-    return module._ACTIVE if module is not None else None
+    return module.SLOT.trap if module is not None else None
 
 
 def enter(config: TrapConfig, wait_for_import: bool = False) -> bool:

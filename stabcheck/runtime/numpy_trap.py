@@ -20,7 +20,7 @@ import numpy as np
 
 from stabcheck.runtime import frames
 from stabcheck.runtime.config import TrapConfig
-from stabcheck.runtime.incident import Finding, IncidentSink
+from stabcheck.runtime.incident import Finding, IncidentSink, TrapSlot
 from stabcheck.runtime.report import TrapReport
 
 _NUMPY_DIR = os.path.dirname(np.__file__) + os.sep
@@ -96,20 +96,5 @@ class NumpyTrap(IncidentSink):
         warnings.warn(f"{error} encountered", RuntimeWarning, stacklevel=3)
 
 
-_ACTIVE: NumpyTrap | None = None
-
-
-def activate(config: TrapConfig) -> NumpyTrap:
-    global _ACTIVE
-    trap = NumpyTrap(config)
-    trap.install()
-    _ACTIVE = trap
-    return trap
-
-
-def deactivate() -> NumpyTrap | None:
-    global _ACTIVE
-    trap, _ACTIVE = _ACTIVE, None
-    if trap is not None:
-        trap.uninstall()
-    return trap
+SLOT = TrapSlot(NumpyTrap)  # the active NumpyTrap
+activate, deactivate = SLOT.activate, SLOT.deactivate
