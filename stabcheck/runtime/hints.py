@@ -127,10 +127,21 @@ BY_KIND: dict[tuple[str, str], tuple[str | None, str]] = {
 
 # (op, pattern on the user's line) -> (rule, hint): the same op means another fault in another idiom;
 # the rule codes match what `stabcheck check` reports for that line
+def _double_where(op: str, rule: str, fix: str) -> tuple[str, re.Pattern, tuple[str | None, str]]:
+    """`where(x > 0, op(x), 0)`: the forward drops op's NaN/Inf, its gradient does not (0 * inf is NaN),
+    and clamping first does not help (the gradient at the clamp bound is infinite too)."""
+    return (op, re.compile(rf"where\s*\([^#]*\b{op}\s*\("),
+            (rule, f"{op} of a value that where() masks out: the forward drops it, but the gradient of the masked "
+                   f"branch is 0 * inf = NaN and still reaches the weights (a clamp to the bound does not help). "
+                   f"Make the masked branch's input safe too, the 'double where': {fix}"))
+
+
 BY_LINE: list[tuple[str, re.Pattern, tuple[str | None, str]]] = [
     ("exp", re.compile(r"sqrt\s*\([^#]*exp\s*\(|exp\s*\([^#]*\)\s*\.\s*sqrt\s*\("),
      ("STB006", "sqrt(exp(x)) overflows in exp before the sqrt: compute exp(0.5 * x) instead "
                 "(a standard deviation from a log-variance)")),
+    _double_where("sqrt", "STB007", "where(x > 0, sqrt(where(x > 0, x, 1.0)), 0.0)"),
+    _double_where("log", "STB002", "where(p > 0, log(where(p > 0, p, 1.0)), 0.0)"),
 ]
 
 

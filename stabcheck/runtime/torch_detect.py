@@ -248,7 +248,9 @@ class Detector:
                 if key in self.benign:
                     continue
                 kind = "nan" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
-                return (("op", f"{func} output is {kind} (per-op check)", location, None),
+                # the flag is the output's fp32 sum: nan also when it holds +inf and -inf together
+                said = "nan, or holds both +inf and -inf" if kind == "nan" else kind
+                return (("op", f"{func} output is {said} (per-op check)", location, None),
                         {"kind_hint": kind, "flag_record": (func, location, mods, node, kind), "benign_key": key})
         return None
 

@@ -29,6 +29,9 @@ FAULTS = [
     ("gan_saturated_discriminator.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT", {"step": 6}),
     ("poisoned_parameter.py", None, "parameter", "+inf", None, "loss = criterion(model(x), y)",
      {"parameter": "model.2.weight", "module": "model.2"}),
+    # the NaN is masked in the forward and comes back through the gradient: the hint says so
+    ("masked_sqrt_where.py", "aten.sqrt.default", "forward", "nan", "STB007", "# FAULT",
+     {"hint": "'double where'", "step": 0}),
 ]
 
 
@@ -55,6 +58,8 @@ def test_fault_is_localized(run_trap, mode, fixture, op, phase, kind, rule, need
         assert report["parameter"] == extra["parameter"]
     if "step" in extra:
         assert report["step"] == extra["step"]
+    if "hint" in extra:
+        assert extra["hint"] in report["hint"]
     assert report["hint"]
     # the panel is printed once, and no traceback from stabcheck (or anything) follows it
     assert result.stderr.count("╭─ stabcheck:") == 1
