@@ -83,6 +83,12 @@ def origin(prob, at: ast.AST) -> str:
     return f" (made at line {line})"
 
 
+def masked_by(line: int) -> str:
+    """The clause for a hazard that a `where` (at `line`) hides from the forward pass only."""
+    return (f"the where() at line {line} guards the forward value only: autodiff still differentiates the "
+            "discarded branch, and its gradient there is 0 * inf = NaN")
+
+
 def describe(prob: Prob) -> str:
     """`a softmax output`, `1 - a sigmoid output`."""
     what = f"a {prob.src} output"

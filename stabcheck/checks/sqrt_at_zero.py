@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from stabcheck.checks.base import Check
+from stabcheck.checks.base import Check, masked_by
 from stabcheck.values import Red, Sq
 
 
@@ -16,6 +16,14 @@ class SqrtAtZero(Check):
             return
         if not self.facts.differentiable(qual):
             return  # NumPy, no_grad, .item(), stop_gradient: no gradient to break
+        line = self.facts.masked(x_node)
+        if line is not None:
+            self.report(
+                node,
+                f"sqrt of a sum of squares guarded by where(): {masked_by(line)} (1 / (2 * sqrt(0)) is inf); guard the operand as well (the 'double where': sqrt(where(d2 > 0, d2, 1))) or clamp it "
+                "(d2.clamp_min(1e-12).sqrt())",
+            )
+            return
         if x_val.dist:
             self.report(
                 node,

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import ast
+
 from stabcheck import names as N
 from stabcheck.checks import fixers
-from stabcheck.checks.base import Check, describe, origin
+from stabcheck.checks.base import Check, describe, masked_by, origin
 from stabcheck.checks.log_of_softmax import is_direct_softmax
 from stabcheck.flow import base_key, const_value
 from stabcheck.values import LogOf, Prob
@@ -34,10 +36,21 @@ class UnguardedLogOfProbability(Check):
         if not isinstance(x_val, Prob) or x_val.lo or is_direct_softmax(x_node, x_val):
             return
         edge = "1" if x_val.comp else "0"
+        tested = x_node.right if x_val.comp and isinstance(x_node, ast.BinOp) else x_node
+        guard = self.facts.where_guard(tested)
+        if guard is not None:
+            # `where(p > 0, p * log(p), 0)`: the forward value is masked ...
+            line, grads = guard
+            if not grads:
+                return  # ... and nothing differentiates it (NumPy, no_grad)
+            what = f"log of {describe(x_val)}{origin(x_val, node)} guarded by where()"
+            why = f"{masked_by(line)} once the probability reaches exactly {edge}"
+        else:
+            what = f"unguarded log of {describe(x_val)}{origin(x_val, node)}"
+            why = f"-inf and a NaN gradient once the probability reaches exactly {edge}"
         self.report(
             node,
-            f"unguarded log of {describe(x_val)}{origin(x_val, node)}: -inf and a NaN gradient "
-            f"once the probability reaches exactly {edge}; {_fix(x_val)}",
+            f"{what}: {why}; {_fix(x_val)}",
             self.fix(fixers.log_of_probability, node, x_node, x_val),
         )
 

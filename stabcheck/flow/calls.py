@@ -27,18 +27,18 @@ _EPSILON_KEYWORDS = frozenset({"eps", "epsilon", "min", "max", "clip_value_min",
 class CallWalker:
     # ------------------------------------------------------------ calls
     def _args(self, node: ast.Call, f32: bool = False, guard: bool = False, no_grad: bool = False,
-              test: ast.AST | None = None) -> dict[int, object]:
+              test: ast.AST | None = None, where: str | None = None) -> dict[int, object]:
         """Evaluate every argument once; values by id of the argument node.
         `f32`: the callee computes in float32 and `guard`: its arguments are
         bounds (constant arithmetic there is checked for absorbed epsilons);
-        `no_grad`: the callee cuts its arguments from the graph; `test`: a
-        `where` condition that selects between the arguments."""
+        `no_grad`: the callee cuts its arguments from the graph; `test`: the
+        condition of the `where` function `where`, which selects between the arguments."""
         vals = {}
         facts = self.facts
         self._f32 += f32
         facts.guard_position += guard
         facts.no_grad += no_grad
-        marks = (facts.push(test), facts.push(test, negated=True)) if test is not None else None
+        marks = (facts.push(test, where=where), facts.push(test, negated=True, where=where)) if test is not None else None
         try:
             for a in node.args:
                 vals[id(a)] = self.expr(a)
@@ -115,6 +115,7 @@ class CallWalker:
             "guard": op in _BOUND_OPS,
             "no_grad": name in N.STOP_GRADIENT,
             "test": node.args[0] if op == N.WHERE and len(node.args) == 3 else None,
+            "where": name if op == N.WHERE else None,
         }
 
     def _qualified(self, node: ast.Call, name: str, vals: dict):

@@ -135,8 +135,8 @@ def sign_of_product(a, b):
         if isinstance(x, Const):
             if x.value < 0 and isinstance(y, NONNEG) or x.value > 0 and isinstance(y, NonPos):
                 return NonPos()
-            if x.value > 0 and isinstance(y, Sq):
-                return y  # `2 * sd ** 2`: still a square
+            if x.value > 0 and isinstance(y, (Sq, Raw)):
+                return y  # `2 * sd ** 2`: still a square; `2 * energy`: still a raw output
         elif isinstance(x, NonPos) and (y is None or isinstance(y, (Delta, *NONNEG))):
             return NonPos()
     return None
@@ -186,7 +186,9 @@ class Context:
     - guards: expressions an enclosing test proves non-zero (`if d > 0:`,
       `if d:`, `assert d != 0`, `where(d > 0, n / d, 0)`, after
       `if d == 0: return`), and expressions a `where` condition bounds
-      (`where(x > 20, x, log1p(exp(x)))`).
+      (`where(x > 20, x, log1p(exp(x)))`). A `where` guards the forward
+      value only: autodiff still differentiates the discarded branch, and
+      its gradient there is 0 * inf = NaN (`masked`).
     """
 
     def __init__(self, evaluation: bool = False):
@@ -198,9 +200,9 @@ class Context:
         # > 0 while evaluating a guard: a clamp bound, `maximum(x, eps)`, a
         # denominator, an `eps=` argument (where an absorbed epsilon matters).
         self.guard_position = 0
-        # Enclosing tests (node, negated), read only when a rule asks: most
-        # walks never do, and keying an expression costs an ast.dump.
-        self._tests: list[tuple[ast.AST, bool]] = []
+        # Enclosing tests (node, negated, the `where` function or None), read only when a
+        # rule asks: most walks never do, and keying an expression costs an ast.dump.
+        self._tests: list[tuple[ast.AST, bool, str | None]] = []
 
     def enter_function(self, no_grad: bool) -> tuple:
         """A function body is walked once, wherever it is first called: it
@@ -231,32 +233,69 @@ class Context:
         element) is."""
         if not self._tests:
             return False
-        keys = self._guards()[0]
-        if expr_key(node) in keys:
-            return True
-        operand = reduced_operand(node)
-        return operand is not None and expr_key(operand) in keys
+        return _proves(node, self._guards()[0])
 
     def bounded(self, node: ast.AST) -> bool:
         return bool(self._tests) and expr_key(node) in self._guards()[1]
 
-    def _guards(self) -> tuple[set[str], set[str]]:
+    def where_guard(self, node: ast.AST) -> tuple[int | None, bool] | None:
+        """(line, whether gradients flow) of the `where` that alone keeps `node`
+        away from the value it tests (`where(p > 0, log(p), 0)`), else None."""
+        if not any(where for _, _, where in self._tests):
+            return None
+        node = _unscaled(node)
+        if _proves(node, self._guards(of_where=False)[0]):
+            return None
+        for test, negated, where in self._tests:
+            if where:
+                nz, bd = guards_of(test, negated)
+                if _proves(node, set(nz)) or expr_key(node) in bd:
+                    return getattr(test, "lineno", None), self.differentiable(where)
+        return None
+
+    def masked(self, node: ast.AST) -> int | None:
+        """The line of the `where` that guards `node`'s forward value but not
+        its gradient (see `where_guard`), else None."""
+        guard = self.where_guard(node)
+        return guard[0] if guard is not None and guard[1] else None
+
+    def _guards(self, of_where: bool | None = None) -> tuple[set[str], set[str]]:
+        """Keys proven non-zero and keys bounded, by every test (None), by
+        the `where` tests only (True) or by the others (False)."""
         nonzero: set[str] = set()
         bounded: set[str] = set()
-        for test, negated in self._tests:
-            nz, bd = guards_of(test, negated)
-            nonzero.update(nz)
-            bounded.update(bd)
+        for test, negated, where in self._tests:
+            if of_where is None or bool(where) == of_where:
+                nz, bd = guards_of(test, negated)
+                nonzero.update(nz)
+                bounded.update(bd)
         return nonzero, bounded
 
-    def push(self, test: ast.AST, negated: bool = False) -> int:
-        """Record that `test` holds (or fails, if `negated`) from here on;
-        returns a mark for `pop`."""
-        self._tests.append((test, negated))
+    def push(self, test: ast.AST, negated: bool = False, where: str | None = None) -> int:
+        """Record that `test` holds (or fails, if `negated`) from here on, as
+        the condition of the `where` function named `where`; returns a mark for `pop`."""
+        self._tests.append((test, negated, where))
         return len(self._tests) - 1
 
     def pop(self, mark: int) -> None:
         del self._tests[mark:]
+
+
+def _unscaled(node: ast.AST) -> ast.AST:
+    """`e` of `2 * e` / `e / 2`: a constant factor moves neither 0 nor the sign."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
+        if const_value(node.left) is not None and isinstance(node.op, ast.Mult):
+            return node.right
+        if const_value(node.right) is not None:
+            return node.left
+    return node
+
+
+def _proves(node: ast.AST, keys: set[str]) -> bool:
+    if expr_key(node) in keys:
+        return True
+    operand = reduced_operand(node)
+    return operand is not None and expr_key(operand) in keys
 
 
 def reduced_operand(node: ast.AST) -> ast.AST | None:
