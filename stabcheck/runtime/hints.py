@@ -145,10 +145,32 @@ BY_LINE: list[tuple[str, re.Pattern, tuple[str | None, str]]] = [
 ]
 
 
+# The hints name PyTorch's spellings; a report of another framework gets its own.
+_SPELLINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "tensorflow": ((", or use torch.linalg.vector_norm / F.pairwise_distance(eps=...)", ""),
+                   ("F.normalize(x, eps=...)", "tf.math.l2_normalize(x, epsilon=...)"),
+                   ("clamp_min", "tf.maximum"), ("torch.where", "tf.where")),
+    "jax": ((", or use torch.linalg.vector_norm / F.pairwise_distance(eps=...)", ""),
+            ("F.normalize(x, eps=...)", "x / jnp.maximum(norm, eps)"),
+            ("clamp_min", "jnp.maximum"), ("torch.where", "jnp.where")),
+    "numpy": ((", or use torch.linalg.vector_norm / F.pairwise_distance(eps=...)", ""),
+              ("F.normalize(x, eps=...)", "x / np.maximum(norm, eps)"),
+              ("clamp_min", "np.maximum"), ("torch.where", "np.where")),
+}
+
+
 def lookup(phase: str, op: str | None, forward_op: str | None = None, kind: str | None = None,
-           line: str = "") -> tuple[str | None, str]:
-    """(rule, hint) for a producer op; empty hint when nothing specific is known. `line` is the
-    source of the user's line, for the idioms that the op alone cannot tell apart."""
+           line: str = "", framework: str = "torch") -> tuple[str | None, str]:
+    """(rule, hint) for a producer op, in `framework`'s spellings; empty hint when nothing specific
+    is known. `line` is the source of the user's line, for the idioms that the op alone cannot tell apart."""
+    rule, hint = _lookup(phase, op, forward_op, kind, line)
+    for torch_spelling, own in _SPELLINGS.get(framework, ()):
+        hint = hint.replace(torch_spelling, own)
+    return rule, hint
+
+
+def _lookup(phase: str, op: str | None, forward_op: str | None, kind: str | None,
+            line: str) -> tuple[str | None, str]:
     name = base_name(forward_op if phase == "backward" and forward_op else op)
     for key, pattern, found in BY_LINE:
         if name == key and line and pattern.search(line):

@@ -159,7 +159,9 @@ class JaxTrap(IncidentSink):
         if call is None or call[0] is None:  # a check JAX runs elsewhere (shard_map, scipy's ndtri)
             return self._unlocalized(detected_at, "NaN in a result JAX checked", "the call was not found")
         fun, args, kwargs = call
-        inner = getattr(fun, "_fun", fun)
+        # the function under the jit: `_fun` on JAX's Python path, `__wrapped__` on the C++ jit's
+        # post-hook (an eager op's second call comes that way too)
+        inner = getattr(fun, "_fun", None) or getattr(fun, "__wrapped__", fun)
         if getattr(inner, "_apply_primitive", False):
             return self._eager(inner, args, detected_at)
         return self._jitted(fun, inner, args, kwargs, detected_at)

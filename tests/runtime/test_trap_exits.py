@@ -151,6 +151,17 @@ def test_numpy_log_of_zero_is_reported():
     assert np.geterr()["divide"] == "warn"  # NumPy's own settings are back
 
 
+def test_numpy_names_the_ufunc_numpy_names():
+    """NumPy's own ufunc name, not a guess from the line: the 0 / 0 next to a harmless sqrt is a divide.
+    A 0 / 0 inside a branch that np.where discards keeps NumPy's usual warning and the run goes on."""
+    path = FIXTURES / "numpy_zscore.py"
+    with pytest.warns(RuntimeWarning, match="invalid value encountered in divide"):
+        report, _ = _run("numpy_zscore.py", False)
+    assert (report["op"], report["kind"], report["rule"]) == ("numpy.divide", "nan", "STB201")
+    assert report["location"]["line"] == line_of(path, "# FAULT")
+    assert "F.normalize" not in report["hint"] and "np.maximum" in report["hint"]  # NumPy's spelling
+
+
 def test_numpy_errors_silenced_by_the_program_stay_silent():
     with stabcheck.trap(quiet=True):
         with np.errstate(divide="ignore", invalid="ignore"):
