@@ -25,11 +25,14 @@ def diagnose(steps: list[int], losses: list[float | None], grad_norms: list[floa
              param_norms: list[float | None], lrs: list[float]) -> dict | None:
     """The divergence record for a report, or None when the loss did not blow up."""
     finite = [abs(v) for v in losses if v is not None and math.isfinite(v)]
-    if len(finite) < 4:
+    if len(finite) < 3:
         return None
     early = sorted(finite[: max(2, len(finite) // 4)])[0]
     late = max(finite[-3:])
-    if late < DIVERGED_GROWTH * max(early, 1e-12):
+    # three losses are a divergence only when the growth leaves no doubt (a learning rate far too
+    # high overflows within a few steps: 5e3, 5e22, inf)
+    needed = DIVERGED_GROWTH if len(finite) >= 4 else DIVERGED_GROWTH ** 2
+    if late < needed * max(early, 1e-12):
         return None
     return {"steps": steps, "loss": _json(losses), "grad_norm": _json(grad_norms), "param_norm": _json(param_norms),
             "lr": lrs[0] if len(lrs) == 1 else (lrs or None), "growth": late / max(early, 1e-12)}

@@ -40,8 +40,16 @@ FORWARD: dict[str, tuple[str | None, str]] = {
     "addmm": (None, "linear layer overflowed: activations or weights grew too large; lower the learning rate, clip gradients, "
                     "or add normalisation"),
     "bmm": (None, "batched matrix product overflowed: scale attention scores by 1/sqrt(d) and keep activations bounded"),
-    "_softmax": ("STB005", "softmax of a row that is entirely -inf (a fully masked row) gives NaN: keep at least one "
+    "_softmax": (None, "softmax of a row that is entirely -inf (a fully masked row) gives NaN: keep at least one "
                            "unmasked position or use a large finite negative instead of -inf"),
+    "cholesky": (None, "Cholesky factorisation of a matrix that is not positive definite (singular, or no longer so after "
+                       "rounding: a kernel matrix of near-duplicate points, a covariance with a zero variance): add "
+                       "jitter to the diagonal (K + 1e-6 * I), or factorise in float64"),
+    "logsumexp": (None, "logsumexp of a row that is entirely -inf (every position masked: an anchor with no positive, "
+                        "a sequence with no valid token) is -inf, and what is built on it inf or NaN: leave such rows "
+                        "out of the loss, or mask with a large finite negative instead of -inf"),
+    "amax": (None, "max of a row that is entirely -inf (every position masked) is -inf: leave such rows out, "
+                   "or mask with a large finite negative instead of -inf"),
     "_log_softmax": (None, "log_softmax of a row that is entirely -inf gives NaN: keep at least one unmasked position"),
     "_to_copy": (None, "a cast to float16 overflowed (float16 holds at most 65504; bfloat16 has float32's range): "
                        "keep this value in float32, scale it down before the cast, or use bfloat16"),
@@ -70,6 +78,14 @@ BACKWARD: dict[str, tuple[str | None, str]] = {
 
 PARAMETER_HINT = ("a parameter is already non-finite before this step: a previous update diverged (learning rate too high, "
                   "no gradient clipping, float16 without loss scaling) or the checkpoint it was loaded from is corrupt")
+
+
+def zero_eps(optimizer: str, eps: float) -> str:
+    return (f"the optimizer made it: {optimizer} runs with eps={eps:g}, so its update m / (sqrt(v) + eps) is 0 / 0 = NaN "
+            "for every entry whose gradient has been exactly 0 so far (embedding rows never looked up, dead or "
+            "frozen units); keep the default eps (1e-8), or larger under float16")
+
+
 INPUT_HINT = "the data fed to the model already contains NaN/Inf: check the data pipeline and its normalisation"
 UNREPLAYABLE_HINT = ("the step could not be replayed (no nn.Module call was recorded before it, or it was too long); "
                      "rerun with --per-op to check every op as it runs and name the one that produced the value")
@@ -82,6 +98,9 @@ RERUN_MISSED_HINT = ("the value became non-finite, but a re-run of the script to
                      "(torch.manual_seed, numpy, random, the DataLoader's generator) and skip resuming when "
                      "STABCHECK_RERUN is set so that a re-run can localize it, or run with --per-op to check every "
                      "op as it runs")
+PER_OP_UNSEEN_HINT = ("every op was checked as it ran, and none produced the value: it comes from code a Python "
+                      "dispatch mode does not see (another thread, a C/CUDA extension writing in place, compiled code); "
+                      "check that code's inputs and outputs")
 RERUN_UNSEEN_HINT = ("the value came back when the script was re-run with every op checked, but no checked op produced "
                      "it: it comes from code a Python dispatch mode does not see (another thread, a C/CUDA extension "
                      "writing in place, compiled code); check that code's inputs and outputs")
@@ -140,6 +159,10 @@ BY_LINE: list[tuple[str, re.Pattern, tuple[str | None, str]]] = [
     ("exp", re.compile(r"sqrt\s*\([^#]*exp\s*\(|exp\s*\([^#]*\)\s*\.\s*sqrt\s*\("),
      ("STB006", "sqrt(exp(x)) overflows in exp before the sqrt: compute exp(0.5 * x) instead "
                 "(a standard deviation from a log-variance)")),
+    ("log", re.compile(r"\.log_prob\s*\("),
+     ("STB007", "log inside a distribution's log_prob: its scale (a standard deviation, rate or concentration) reached 0, "
+                "or the value lies outside its support; keep the parameter positive with a floor (softplus(x) + 1e-4, or "
+                "exp of a predicted log-scale)")),
     _double_where("sqrt", "STB007", "where(x > 0, sqrt(where(x > 0, x, 1.0)), 0.0)"),
     _double_where("log", "STB002", "where(p > 0, log(where(p > 0, p, 1.0)), 0.0)"),
 ]

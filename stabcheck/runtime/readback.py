@@ -69,6 +69,11 @@ _MISSING = object()
 _saved: dict = {}  # what Tensor's own __dict__ held before install (a method inherited: _MISSING)
 
 
+def own_tolist(tensor) -> list:
+    """`tensor.tolist()` for the trap's own reads (its flight recorder's ring holds NaN for empty slots)."""
+    return _ORIGINALS.get("tolist", _Tensor.tolist)(tensor)
+
+
 def install(trap) -> None:
     global _trap
     for name, patch in _PATCHES.items():

@@ -14,6 +14,7 @@ import collections
 import torch
 
 from stabcheck.runtime.divergence import HISTORY
+from stabcheck.runtime.readback import own_tolist
 
 FLUSH_EVERY = 16  # values waiting before they are copied into the ring: few tiny tensors alive at once
 
@@ -76,7 +77,7 @@ class FlightRecorder:
     def read(self) -> tuple[list, list, list, list]:
         """steps, losses, gradient norms, parameter norms (floats or None), oldest first (syncs)."""
         self.flush()
-        host = {device: ring.tolist() for device, ring in self.rings.items()}
+        host = {device: own_tolist(ring) for device, ring in self.rings.items()}
         columns: tuple[list, list, list, list] = ([], [], [], [])
         for step, slot, *kept in self.rows:  # each a float, the device whose ring holds it, or None
             columns[0].append(step)

@@ -34,6 +34,10 @@ class _Found(Exception):
     pass
 
 
+# reductions whose output is -inf exactly where a whole row of the input is -inf (fully masked)
+MASKED_ROW_REDUCTIONS = {"logsumexp", "amax"}
+
+
 class CheckMode(TorchDispatchMode):
     """Exact, synchronous per-op check used while replaying a step."""
 
@@ -44,6 +48,7 @@ class CheckMode(TorchDispatchMode):
         self.trap = trap
         self.event: Any = None
         self.found: Finding | None = None
+        self.fallback: Finding | None = None  # a reduction of a fully masked row (see examine)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if kwargs is None:
@@ -78,8 +83,20 @@ class CheckMode(TorchDispatchMode):
                                                             and self.from_constants(before) and _is_mask(before[0]))
         kind = producer_kind(out_nan, in_nan, in_inf, bool(before), writer, lambda: kind_of(bad[0]))
         if kind is None:
+            if (name in MASKED_ROW_REDUCTIONS and self.fallback is None and not out_nan and not in_nan
+                    and any(bool((t == float("-inf")).any()) for t in bad)):
+                # a row with every position masked reduces to -inf: the producer, if no op made one
+                self.trap.busy += 1
+                try:
+                    self.fallback = self.trap._finding_for_op(func, "-inf", args, kwargs, before, outs, self, frame)
+                finally:
+                    self.trap.busy -= 1
             return out, None  # propagated, or an intentional inf (mask, fill, constant)
-        return out, self.trap._finding_for_op(func, kind, args, kwargs, before, outs, self, frame)
+        self.trap.busy += 1  # the statistics read values back: no incidents of their own
+        try:
+            return out, self.trap._finding_for_op(func, kind, args, kwargs, before, outs, self, frame)
+        finally:
+            self.trap.busy -= 1
 
     def from_constants(self, inputs) -> bool:
         return _on_constants(self.event)
@@ -101,6 +118,8 @@ class WatchMode(CheckMode):
         if found is not None:
             found.localized = "per-op"
             self.found = found
+        elif self.fallback is not None:
+            self.fallback.localized = "per-op"
         return out
 
     def from_constants(self, inputs) -> bool:
@@ -323,13 +342,13 @@ class Localizer:
                         buf.copy_(copy)
             for t, g in grads:
                 t.grad = g
-        return check.found
+        return check.found or check.fallback
 
     def _localize(self, detected: dict, optimizer=None, flag_record=None) -> Finding | None:
         self.replay_error = None
         finding = self._check_state(optimizer)
         if finding is None and self.watch is not None:
-            finding = self.watch.found  # a re-run's failing step, checked op by op as it ran
+            finding = self.watch.found or self.watch.fallback  # a re-run's failing step, checked op by op as it ran
         if finding is None:
             finding = self._replay(detected["at"])
         if finding is None and flag_record is None and self.flags:

@@ -362,8 +362,11 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             if self.muted:
                 return
         kind = kind_of(value)
+        # an inf read back that no recorded op made is a sentinel (`best = inf`) or a mask; a NaN is
+        # no one's sentinel: a metric computed outside the recording (after the optimizer step) is
+        # reported unlocalized, and `stabcheck run` re-runs to this step with every op checked
         self.trip("read", f"{how} {kind}", loc_of(caller(frame)), value, kind_hint=kind,
-                  quiet_unless_localized=True)
+                  quiet_unless_localized=kind != "nan")
 
     def trip(self, at: str, message: str, location: Location | None, value=None, *, kind_hint=None,
              optimizer=None, flag_record=None, benign_key=None, quiet_unless_localized=False) -> None:
@@ -400,16 +403,29 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             note = ("replay did not reproduce" if replayable else "step too long to replay" if self.events
                     else "step could not be replayed")
             hint = hints.UNLOCALIZED_HINT if replayable else hints.UNREPLAYABLE_HINT
+            if self.config.per_op:  # (the hints above send the user to --per-op)
+                hint = hints.PER_OP_UNSEEN_HINT
             outputs = [tensor_stats(value)] if isinstance(value, torch.Tensor) else []
             report = self.unlocalized_report(detected, kind, note, hint, outputs)
         else:
             report = self.localized_report(detected, finding, finding.op)
+            if finding.phase == "parameter":
+                report.hint = self._optimizer_hint() or report.hint
         report.mode = self._mode()
         if finding is None or finding.phase != "input":
             report.divergence = self._divergence()
             if report.divergence is not None:
                 report.hint = divergence.hint(report.divergence)
         return self.stamp(report, self.step)
+
+    def _optimizer_hint(self) -> str | None:
+        """A parameter went non-finite: an optimizer set up to divide 0 by 0 is the likelier cause."""
+        optimizer = self.last_optimizer() if self.last_optimizer is not None else None
+        for group in optimizer.param_groups if optimizer is not None else ():
+            eps = group.get("eps")
+            if isinstance(eps, (int, float)) and eps <= 0:
+                return hints.zero_eps(type(optimizer).__name__, eps)
+        return None
 
     def _divergence(self) -> dict | None:
         """Read the flight recorder (syncs: a report is being built) and diagnose a divergence."""

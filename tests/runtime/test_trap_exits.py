@@ -43,6 +43,8 @@ FAULTS = {
                               step=0, mode=None, function="direction"),
     "sqrt_exp_std.py": dict(op="aten.exp.default", phase="forward", kind="+inf", rule="STB006", at="backward", step=2,
                             mode="training"),
+    "supcon_no_positive.py": dict(op="aten.logsumexp.default", phase="forward", kind="-inf", rule=None,
+                                  at="backward", step=3, mode="training", function="supcon_loss"),
     "fp16_cast_overflow.py": dict(op="aten._to_copy.default", phase="forward", kind="+inf", rule=None,
                                   at="backward", step=2, mode="training"),
 }
@@ -140,6 +142,10 @@ def test_healthy_training_has_no_divergence():
     assert diagnose(list(range(8)), [5.0, 3.0, 2.0, 1.5, 1.2, 1.1, 1.0, float("nan")], [None] * 8, [None] * 8,
                     [0.1]) is None
     assert diagnose([0, 1, 2], [1.0, 1e9, float("inf")], [None] * 3, [None] * 3, [0.1]) is None  # too short
+    # a learning rate far too high overflows within three steps: a divergence when the growth leaves no doubt
+    fast = diagnose([0, 1, 2, 3], [5270.0, 4.8e22, 7.5e21, float("inf")], [None] * 4, [None] * 4, [5.0])
+    assert fast is not None and fast["lr"] == 5.0 and fast["growth"] > 1e18
+    assert diagnose([0, 1, 2, 3], [1.0, 50.0, 2e3, float("inf")], [None] * 4, [None] * 4, [0.1]) is None
 
 
 def test_numpy_log_of_zero_is_reported():
@@ -149,6 +155,14 @@ def test_numpy_log_of_zero_is_reported():
     assert (report["op"], report["kind"], report["rule"]) == ("numpy.log", "-inf", "STB002")
     assert report["location"]["line"] == line_of(path, "# FAULT") and report["step"] is None
     assert np.geterr()["divide"] == "warn"  # NumPy's own settings are back
+
+
+def test_a_parameter_made_nan_by_an_optimizer_with_eps_0_names_it():
+    """Adam(eps=0): rows that never get a gradient are updated by 0 / 0 inside optimizer.step(); the next
+    step finds the parameter NaN, and the hint names the optimizer's eps, not a learning rate."""
+    report, _ = _run("adam_eps_zero.py", False)
+    assert (report["phase"], report["parameter"], report["kind"]) == ("parameter", "model.emb.weight", "nan")
+    assert report["step"] == 1 and "Adam runs with eps=0" in report["hint"]
 
 
 def test_numpy_names_the_ufunc_numpy_names():

@@ -23,7 +23,7 @@ FAULTS = [
     ("lbfgs_closure_log.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT",
      {"module": "model", "function": "forward", "step": 0}),
     # the producer is inside torch's attention: the line is the user's call of it, in their forward
-    ("mha_empty_sequence.py", "aten._softmax.default", "forward", "nan", "STB005", "# FAULT",
+    ("mha_empty_sequence.py", "aten._softmax.default", "forward", "nan", None, "# FAULT",
      {"module": "model.attn", "function": "forward", "step": 3}),
     # two optimizers stepping in turn: the step is the iteration (the first optimizer's steps)
     ("gan_saturated_discriminator.py", "aten.log.default", "forward", "-inf", "STB002", "# FAULT", {"step": 6}),

@@ -191,3 +191,19 @@ def test_nan_in_the_training_data_is_reported_as_data(tmp_path):
     assert "GradientTape" not in report["detected"]["message"] and "model.fit" in report["detected"]["message"]
     assert "data" in report["hint"]
     assert "FloatingPointError" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("fixture,mode,message,hint", [
+    ("keras_validation_nan.py", "evaluation", "loss of an evaluation step", "validation or test data"),
+    ("keras_metric_inf.py", "training", "the metric relative_error of the training step", "guard its denominator"),
+])
+def test_what_no_gradient_sees_is_reported_from_the_logs(tmp_path, fixture, mode, message, hint):
+    """A NaN only in the validation data, an inf only in a metric: training stays finite, so the gradient
+    checks never see them; the logs Keras' step functions return do, as an evaluation or a metric."""
+    path = FIXTURES / fixture
+    result = stabcheck_run(path, tmp_path=tmp_path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert report["mode"] == mode and report["detected"]["message"].startswith(message)
+    assert report["location"]["line"] == line_of(path, "model.fit(") and hint in report["hint"]
+    assert "Traceback" not in result.stderr
