@@ -79,6 +79,14 @@ class FlagLog:
         part.records.append((self.seq, device, n, func, location, mods, node))
         self.seq += 1
 
+    def truncate(self, seq: int) -> None:
+        """Forget the flags raised from `seq` on (their slots are written again)."""
+        for part in (self.forward, self.backward):
+            part.records = [r for r in part.records if r[0] < seq]
+            part.used = {}
+            for _seq, device, n, *_rest in part.records:
+                part.used[device] = max(part.used.get(device, 0), n + 1)
+
     def drop_backward(self) -> None:
         self.backward.clear()
 

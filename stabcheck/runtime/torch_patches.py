@@ -49,15 +49,32 @@ try:
     from torch.amp.grad_scaler import GradScaler as _GradScaler
 
     _ORIG_SCALE = _GradScaler.scale
+    _ORIG_SCALER_STEP = _GradScaler.step
 except (ImportError, AttributeError):  # pragma: no cover - torch without torch.amp
-    _GradScaler = _ORIG_SCALE = None
+    _GradScaler = _ORIG_SCALE = _ORIG_SCALER_STEP = None
 
 
 def _scaler_scale(self, outputs):
     trap = _ACTIVE
     if trap is not None:
         trap.scaled = True
+        if trap.flag_mode is not None:
+            trap.scale_mark = trap.flags.seq  # --per-op: the flags of the scaled backward start here
     return _ORIG_SCALE(self, outputs)
+
+
+def _scaler_step(self, optimizer, *args, **kwargs):
+    """A step GradScaler skips (its scaled gradients overflowed: the scale is too high, on purpose
+    at first) is no fault: --per-op forgets the flags its backward, unscale_ and clipping raised."""
+    result = _ORIG_SCALER_STEP(self, optimizer, *args, **kwargs)
+    trap = _ACTIVE
+    if trap is not None and trap.flag_mode is not None and trap.scale_mark is not None:
+        state = self._per_optimizer_states.get(id(optimizer), {})
+        found = state.get("found_inf_per_device") or {}
+        if any(v.item() for v in found.values()):  # (read by step() already: no new sync)
+            trap.flags.truncate(trap.scale_mark)
+        trap.scale_mark = None
+    return result
 
 
 _ORIG_APPLY = torch.autograd.Function.__dict__["apply"]
@@ -150,6 +167,7 @@ _PATCHES = [(torch.nn.Module, "__call__", ORIG_MODULE_CALL, _module_call),
             (torch.optim.Optimizer, "zero_grad", _ORIG_ZERO_GRAD, _zero_grad)]
 if _GradScaler is not None:
     _PATCHES.append((_GradScaler, "scale", _ORIG_SCALE, _scaler_scale))
+    _PATCHES.append((_GradScaler, "step", _ORIG_SCALER_STEP, _scaler_step))
 
 
 def install(trap) -> None:

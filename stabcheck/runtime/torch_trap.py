@@ -99,6 +99,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.module_events = 0
         self.grad_events = 0
         self.scaled = False  # a GradScaler scaled this step's loss: inf in backward is its business
+        self.scale_mark = None  # --per-op: the first flag of the scaled backward (torch_patches._scaler_step)
         self.defer_cpu = False  # tests: treat CPU values like accelerator ones (checked at the step sync)
 
     # -- install / uninstall ------------------------------------------------
