@@ -102,13 +102,19 @@ def loc_from_traceback(lines) -> tuple[Location | None, bool]:
 # ---------------------------------------------------------------------------
 # tensor helpers
 
+def _dense_float(t: torch.Tensor) -> bool:
+    """A tensor the checks can sum: floating, not sparse, not nested (the Transformer's fast path
+    returns nested tensors, which have no sum)."""
+    return t.is_floating_point() and not t.is_sparse and not t.is_nested
+
+
 def float_tensors(obj) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
-        return [obj] if obj.is_floating_point() and not obj.is_sparse else []
+        return [obj] if _dense_float(obj) else []
     if type(obj) in (list, tuple) and all(type(t) is torch.Tensor for t in obj):
-        return [t for t in obj if t.is_floating_point() and not t.is_sparse]
+        return [t for t in obj if _dense_float(t)]
     leaves, _ = tree_flatten(obj)
-    return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_sparse]
+    return [t for t in leaves if isinstance(t, torch.Tensor) and _dense_float(t)]
 
 
 # Tensor.item without the read-back check that readback.py installs (the trap's own reads are no incidents)

@@ -382,10 +382,13 @@ class TorchTrap(Detector, Localizer, IncidentSink):
                 finding = self._localize(detected, optimizer, flag_record)
             finally:
                 self.busy -= 1
-        if (at == "op" and benign_key is not None and kind_hint in ("+inf", "-inf") and self.events
-                and (finding is None or (finding.phase == "input" and finding.kind != "nan"))):
-            # a per-op flag saw an inf but an exact replay of the step found no producer, or only an input
-            # holding inf: an intentional inf (a mask built earlier) -- remember the op and line, stay silent
+        if at == "op" and benign_key is not None and (
+                (finding is not None and finding.phase == "input")
+                or (finding is None and kind_hint in ("+inf", "-inf") and self.events)):
+            # a per-op flag saw an inf but an exact replay of the step found no producer: an intentional
+            # inf (a mask built earlier); or only an input already holding it: data with NaN as its
+            # missing-value marker, handled by nan-aware code (were it fed on, the loss check would
+            # report it) -- remember the op and line, stay silent
             self.benign.add(benign_key)
             return
         if finding is None and quiet_unless_localized:
