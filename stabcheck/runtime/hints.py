@@ -70,6 +70,9 @@ BACKWARD: dict[str, tuple[str | None, str]] = {
     "div": ("STB201", "the gradient of a division by a value at 0 is infinite: guard the denominator with an epsilon"),
     "log": ("STB002", "the gradient of log at 0 is infinite: clamp the argument or use a log-space formulation "
                       "(log_softmax, logsigmoid, BCE-with-logits)"),
+    "xlogy": ("STB002", "the gradient of xlogy(x, y) with respect to y is x / y: 0 / 0 = NaN where both are 0 (an "
+                        "entropy xlogy(p, p) at p == 0); compute it from the logits (p * log_softmax(logits)) or "
+                        "clamp y away from 0"),
     "acos": ("STB204", "the gradient of acos is infinite at +-1: clamp the argument to [-1 + eps, 1 - eps]"),
     "asin": ("STB204", "the gradient of asin is infinite at +-1: clamp the argument to [-1 + eps, 1 - eps]"),
     "where": (None, "a NaN/Inf in the branch that torch.where masked out still reaches the gradient: "
