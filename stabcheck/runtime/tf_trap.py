@@ -50,6 +50,7 @@ from tensorflow.python.util import nest
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
 from stabcheck.runtime.incident import Finding, IncidentSink
 from stabcheck.runtime.numerics import kind_of_array
+from stabcheck.runtime import keras_logs
 from stabcheck.runtime.report import TrapReport
 from stabcheck.runtime.tf_localize import Localizer, Site, Stash, data_in, scan, signature_of
 from stabcheck.runtime.tf_support import (ORIG_GRADIENT as _ORIG_GRADIENT, all_finite_np, as_np, clear_traces,
@@ -150,6 +151,7 @@ class TFTrap(Localizer, IncidentSink):
         self.prepared: "weakref.WeakSet" = weakref.WeakSet()
         self.traced_here: "weakref.WeakSet" = weakref.WeakSet()
         self.with_sites: "weakref.WeakSet" = weakref.WeakSet()
+        self.keras_hooked = False  # Keras' CallbackList checks the logs (keras_logs.py), once Keras is loaded
         self.stash: Stash | None = None
         self.steps = 0
         self.muted = False
@@ -183,6 +185,7 @@ class TFTrap(Localizer, IncidentSink):
             backprop.GradientTape.__exit__ = _ORIG_EXIT
             backprop.GradientTape.gradient = _ORIG_GRADIENT
             _pf.Function.__call__ = _ORIG_FN_CALL
+            keras_logs.unhook()
             for fn in list(self.traced_here):  # retrace without the checks on the next call
                 clear_traces(fn)
         finally:
@@ -388,45 +391,39 @@ class TFTrap(Localizer, IncidentSink):
                 self.incident(stash, fn)
             finally:
                 self.steps += 1
-        elif not self.muted and not self.incidents:  # (after a report, the logs only echo it: --action warn)
+        elif not self.muted and not self.incidents and fn not in self.with_sites:
             self._check_returned(fn, result)
+        if not self.keras_hooked:
+            self.keras_hooked = keras_logs.hook(self)
         return result
 
     def _check_returned(self, fn, result) -> None:
-        """What a function returns leaves the computation. Keras' step functions return their logs
-        (the loss and the metrics, scalars): a NaN or inf there that no gradient saw is an evaluation
-        step's (model.evaluate, fit's validation data) or a metric's. Another function's NaN is
-        reported too (an inf may be a mask it returns on purpose)."""
-        if isinstance(result, tf.experimental.Optional):  # Keras 3 steps on an iterator: its logs, if any
-            result = result.get_value() if bool(result.has_value()) else None
-        logs = isinstance(result, dict)
-        training = fn in self.with_sites
-        if training and not logs:
-            return  # its loss and gradients were checked
-        for path, value in nest.flatten_with_joined_string_paths(result):
-            if not (isinstance(value, tf.Tensor) and value.dtype.is_floating):
-                continue
-            if logs:  # scalars
-                kind = kind_of_array(as_np(value))
-            else:  # any size, on its device: one boolean comes back
-                kind = "nan" if bool(tf.reduce_any(tf.math.is_nan(value))) else None
-            if kind is None:
-                continue
-            name = path.rsplit("/", 1)[-1] or "its output"
-            if not logs:
-                what, hint = f"the output of {fn.__name__}() ({name}) is", ""
-            elif training:
-                what, hint = f"the metric {name} of the training step (model.fit) is", TF_METRIC_HINT
-            else:
-                what, hint = f"{name} of an evaluation step (model.evaluate, or fit's validation data) is", TF_EVAL_HINT
-            where = user_where(sys._getframe(2))
-            detected = {"at": "read", "message": f"{what} {kind}",
-                        "location": dict(zip(("filename", "line", "function"), where)) if where else None}
-            report = self.unlocalized_report(detected, kind, "no gradient computed it: not replayed", hint,
-                                             [tensor_stats(value)])
-            report.mode = "training" if training else "evaluation"
-            self.emit(self.stamp(report, self.steps))
+        """What a function with no gradient to check returns leaves the computation: a NaN there is
+        reported (an inf may be a mask it returns on purpose). Keras' step functions return their
+        logs (an Optional of them, per step): those are checked once per evaluation and epoch instead
+        (keras_logs.py), at no cost per step."""
+        if isinstance(result, (dict, tf.experimental.Optional)):
             return
+        for path, value in nest.flatten_with_joined_string_paths(result):
+            if isinstance(value, tf.Tensor) and value.dtype.is_floating \
+                    and bool(tf.reduce_any(tf.math.is_nan(value))):  # on its device: one boolean comes back
+                name = path.rsplit("/", 1)[-1] or "its output"
+                self.report_returned(f"the output of {fn.__name__}() ({name}) is nan", "", None, tensor_stats(value),
+                                     sys._getframe(2))
+                return
+
+    def report_returned(self, message: str, hint: str, mode: str | None, stats: dict | None, frame) -> None:
+        """A non-finite value no gradient saw: an evaluation's, a metric's, a function's output."""
+        if self.muted or self.incidents:  # (after a report, the logs only echo it: --action warn)
+            return
+        where = user_where(frame)
+        detected = {"at": "read", "message": message,
+                    "location": dict(zip(("filename", "line", "function"), where)) if where else None}
+        kind = next((k for k in ("nan", "+inf", "-inf") if message.endswith(k)), "nan")
+        report = self.unlocalized_report(detected, kind, "no gradient computed it: not replayed", hint,
+                                         [stats] if stats else [])
+        report.mode = mode
+        self.emit(self.stamp(report, self.steps))
 
     # -- localization by replay -----------------------------------------------
     # -- reporting ------------------------------------------------------------
@@ -454,13 +451,6 @@ class TFTrap(Localizer, IncidentSink):
 TF_UNREPLAYABLE_HINT = ("the step could not be replayed (a tf.function fed by an iterator or composite tensors, "
                         "an XLA-compiled step, or too many ops); call the step function with tensors, or "
                         "run it eagerly (tf.config.run_functions_eagerly(True)) to find the op")
-TF_EVAL_HINT = ("an evaluation step returned it while every training step stayed finite: check the validation or "
-                "test data for NaN/Inf (np.isnan(x_val).any(), also in the labels), and the losses and metrics for a "
-                "division by zero or a log of 0 on data the training never saw; run it eagerly "
-                "(model.compile(run_eagerly=True)) to name the op")
-TF_METRIC_HINT = ("a metric is non-finite while the loss and the gradients are finite: the metric divides by zero or "
-                  "takes a log of 0 on some batch (a relative error by a zero target, a precision with no predicted "
-                  "positive); guard its denominator")
 TF_UNLOCALIZED_HINT = ("the value became non-finite but replaying the step eagerly did not reproduce it (random "
                        "ops such as dropout, nondeterministic kernels, or state the replay cannot see)")
 

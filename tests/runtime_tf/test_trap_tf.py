@@ -194,12 +194,12 @@ def test_nan_in_the_training_data_is_reported_as_data(tmp_path):
 
 
 @pytest.mark.parametrize("fixture,mode,message,hint", [
-    ("keras_validation_nan.py", "evaluation", "loss of an evaluation step", "validation or test data"),
-    ("keras_metric_inf.py", "training", "the metric relative_error of the training step", "guard its denominator"),
+    ("keras_validation_nan.py", "evaluation", "loss of an evaluation", "validation or test data"),
+    ("keras_metric_inf.py", "training", "the metric relative_error of training epoch 0", "guard its denominator"),
 ])
 def test_what_no_gradient_sees_is_reported_from_the_logs(tmp_path, fixture, mode, message, hint):
     """A NaN only in the validation data, an inf only in a metric: training stays finite, so the gradient
-    checks never see them; the logs Keras' step functions return do, as an evaluation or a metric."""
+    checks never see them; the logs Keras hands its callbacks do, as an evaluation or a metric."""
     path = FIXTURES / fixture
     result = stabcheck_run(path, tmp_path=tmp_path)
     assert result.returncode == 3, result.stderr
