@@ -74,6 +74,10 @@ def _kind(value) -> str | None:
     return kind_of_array(a)
 
 
+# primitives whose derivative is written with their output (sqrt: 0.5 / sqrt(x))
+_DERIVATIVE_OF_OUTPUT = {"sqrt", "rsqrt", "cbrt", "exp", "exp2", "tanh", "logistic"}
+
+
 class _Level:
     """One jaxpr being evaluated: who defines and who uses each variable (for the backward rules)."""
 
@@ -109,7 +113,12 @@ class _Level:
         for v in eqn.invars:
             if isinstance(v, core.Literal):
                 continue
-            for other in [self.defined_by.get(v), *self.used_by.get(v, ())]:
+            # the op whose derivative is taken uses v as its input (log's g / x), or made v when its
+            # derivative is written with its output (sqrt's 0.5 / y): so `log(softmax(x))` on one line
+            # is log's, not the softmax's division that made log's input
+            maker = self.defined_by.get(v)
+            makers = [maker] if maker is not None and maker.primitive.name in _DERIVATIVE_OF_OUTPUT else []
+            for other in [*makers, *self.used_by.get(v, ()), maker]:
                 if other is None or other is eqn or self.phase_of(other) == "backward":
                     continue
                 if user_where(other.source_info.traceback) == where:

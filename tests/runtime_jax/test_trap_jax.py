@@ -73,6 +73,15 @@ def test_infinite_gradient_of_sqrt_at_zero_is_backward_at_the_forward_line(tmp_p
     assert r["inputs"][1]["zeros"] == 1  # the one duplicated pair
 
 
+def test_log_of_softmax_on_one_line_is_the_logs_derivative_not_the_softmaxs(tmp_path):
+    """`log(softmax(x))` written on one line: the backward division divides by log's input, which the
+    softmax's own division made; the derivative is log's."""
+    run = _trap("jax_log_of_softmax_one_line.py", tmp_path)
+    r = _assert_trapped(run, "jax_log_of_softmax_one_line.py", "div", "backward", "nan", "STB002",
+                        "the gradient of log at 0 is infinite")
+    assert r["forward"]["op"] == "log"
+
+
 def test_eager_division_by_a_zero_norm(tmp_path):
     run = _trap("jax_zero_norm.py", tmp_path)
     r = _assert_trapped(run, "jax_zero_norm.py", "div", "forward", "nan", "STB201", "0 / 0")
