@@ -198,6 +198,11 @@ class JaxTrap(IncidentSink):
             return self._unlocalized(detected_at, detected["message"],
                                      "evaluating it primitive by primitive gave no NaN (a compiled fusion?)")
         if origin is None:
+            if getattr(inner, "__code__", None) is None:
+                # a jit with no Python function of its own (one JAX builds around eager values while
+                # differentiating) that only passes on a NaN made before it: made by eager code
+                return self._unlocalized(detected_at, "NaN in a value computed eagerly",
+                                         "made before the jitted call that passed it on", EAGER_HINT)
             self._intentional.add(key)  # a NaN written on purpose (a constant): JAX's check is too strict
             return None
         if isinstance(origin, Input):
@@ -227,11 +232,16 @@ class JaxTrap(IncidentSink):
                           outputs=[_stats(x) for x in producer.outputs], localized=localized)
         self.emit(self.stamp(self.localized_report(detected, finding, hint_op), None))
 
-    def _unlocalized(self, detected_at, message: str, note: str) -> None:
+    def _unlocalized(self, detected_at, message: str, note: str, hint: str = "") -> None:
         if self.incidents:
             return None
         detected = {"at": "jit", "message": message, "location": vars(detected_at) if detected_at else None}
-        self.emit(self.stamp(self.unlocalized_report(detected, "nan", note, ""), None))
+        self.emit(self.stamp(self.unlocalized_report(detected, "nan", note, hint), None))
+
+
+EAGER_HINT = ("the value was computed eagerly while JAX differentiated it, and JAX checked it only where a jit it "
+              "built passed it on: the line is the first place it was seen; wrap the loss in jax.jit to have the "
+              "op named")
 
 
 SLOT = TrapSlot(JaxTrap)  # the active JaxTrap

@@ -82,6 +82,16 @@ def test_log_of_softmax_on_one_line_is_the_logs_derivative_not_the_softmaxs(tmp_
     assert r["forward"]["op"] == "log"
 
 
+def test_eager_value_and_grad_is_reported_where_jax_first_sees_the_nan(tmp_path):
+    """Eager (un-jitted) value_and_grad: JAX checks the NaN only in a jit it builds itself, which passes
+    the value on; it was once taken for a NaN constant and every later NaN of the run muted."""
+    run = _trap("jax_eager_bce.py", tmp_path)
+    assert run.returncode == 3 and "Traceback" not in run.stderr, run.stderr
+    r = run.report
+    assert (r["localized"], r["kind"]) == ("no", "nan") and "jax.jit" in r["hint"]
+    assert r["location"]["line"] == line_of(FIXTURES / "jax_eager_bce.py", "# FAULT")
+
+
 def test_eager_division_by_a_zero_norm(tmp_path):
     run = _trap("jax_zero_norm.py", tmp_path)
     r = _assert_trapped(run, "jax_zero_norm.py", "div", "forward", "nan", "STB201", "0 / 0")
