@@ -20,7 +20,8 @@ class SqrtAtZero(Check):
         if line is not None:
             self.report(
                 node,
-                f"sqrt of a sum of squares guarded by where(): {masked_by(line)} (1 / (2 * sqrt(0)) is inf); guard the operand as well (the 'double where': sqrt(where(d2 > 0, d2, 1))) or clamp it "
+                f"sqrt of a sum of squares guarded by where(): {masked_by(line)} (1 / (2 * sqrt(0)) is inf); "
+                "guard the operand as well (the 'double where': sqrt(where(d2 > 0, d2, 1))) or clamp it "
                 "(d2.clamp_min(1e-12).sqrt())",
             )
             return
