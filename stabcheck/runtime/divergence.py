@@ -58,6 +58,14 @@ def _finite(values) -> list[float]:
 
 def hint(record: dict) -> str:
     finite = _finite(record["loss"])
+    params = _finite(record.get("param_norm") or [])
+    if len(params) >= 2 and max(params) < 10 * min(params):
+        # the weights stayed put while the loss grew: no update blew up, the forward computation did
+        return (f"the loss grew from {finite[0]:.3g} to {finite[-1]:.3g} over the last {len(record['loss'])} steps "
+                f"while the parameter norm stayed near {params[-1]:.3g}: the forward computation itself explodes "
+                "(a recurrence whose gain is above 1 over longer sequences, activations with no normalisation, "
+                "growing inputs), not the update; bound it (normalise, clip the state, shorter sequences) rather "
+                "than lowering the learning rate")
     lr = record.get("lr")
     lr_text = f"learning rate {lr:g}" if isinstance(lr, float) else (
         f"learning rates {', '.join(f'{v:g}' for v in lr)}" if lr else "the learning rate (step size)")

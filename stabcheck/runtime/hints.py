@@ -42,6 +42,14 @@ FORWARD: dict[str, tuple[str | None, str]] = {
     "bmm": (None, "batched matrix product overflowed: scale attention scores by 1/sqrt(d) and keep activations bounded"),
     "_softmax": (None, "softmax of a row that is entirely -inf (a fully masked row) gives NaN: keep at least one "
                            "unmasked position or use a large finite negative instead of -inf"),
+    "xlogy": (None, "xlogy(x, y) of a negative y is NaN: kl_div's target given as log-probabilities needs "
+                    "log_target=True, or the target holds negative values"),
+    "digamma": (None, "digamma at 0 (or a negative integer) is infinite: a Gamma / Beta / Dirichlet concentration "
+                      "reached 0; keep it above 0 (evidence + 1, softplus(x) + eps)"),
+    "lgamma": (None, "lgamma at 0 (or a negative integer) is infinite: a Gamma / Beta / Dirichlet concentration "
+                     "reached 0; keep it above 0 (softplus(x) + eps)"),
+    "native_layer_norm": (None, "layer norm of a constant row (padding, a blank input) with eps=0 is 0 / 0: keep "
+                                "eps > 0 (1e-5)"),
     "cholesky": (None, "Cholesky factorisation of a matrix that is not positive definite (singular, or no longer so after "
                        "rounding: a kernel matrix of near-duplicate points, a covariance with a zero variance): add "
                        "jitter to the diagonal (K + 1e-6 * I), or factorise in float64"),
@@ -70,6 +78,9 @@ BACKWARD: dict[str, tuple[str | None, str]] = {
     "div": ("STB201", "the gradient of a division by a value at 0 is infinite: guard the denominator with an epsilon"),
     "log": ("STB002", "the gradient of log at 0 is infinite: clamp the argument or use a log-space formulation "
                       "(log_softmax, logsigmoid, BCE-with-logits)"),
+    "linalg_eigh": (None, "the gradient of eigh's eigenvectors divides by the gaps between eigenvalues: inf/NaN "
+                          "where two are equal (a covariance with repeated or zero eigenvalues); add a small jitter "
+                          "to the matrix (C + 1e-5 * I), or avoid differentiating the eigenvectors"),
     "xlogy": ("STB002", "the gradient of xlogy(x, y) with respect to y is x / y: 0 / 0 = NaN where both are 0 (an "
                         "entropy xlogy(p, p) at p == 0); compute it from the logits (p * log_softmax(logits)) or "
                         "clamp y away from 0"),
@@ -185,11 +196,21 @@ _SPELLINGS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# log of an exact 0 whose argument held values above 1: no probability (BY_KIND's hint would clip it to 1)
+LOG_OF_ZERO_MAGNITUDE = ("STB007", "log of an exact 0 of a value that is no probability (it reaches {max:.4g}): a "
+                         "magnitude, count, determinant or scale reached 0; add a floor (log(x + eps), "
+                         "log(x.clamp_min(eps))) or compute it in log space (slogdet, log-sum-exp, a predicted log-scale)")
+
+
 def lookup(phase: str, op: str | None, forward_op: str | None = None, kind: str | None = None,
-           line: str = "", framework: str = "torch") -> tuple[str | None, str]:
+           line: str = "", framework: str = "torch", input_max: float | None = None) -> tuple[str | None, str]:
     """(rule, hint) for a producer op, in `framework`'s spellings; empty hint when nothing specific
-    is known. `line` is the source of the user's line, for the idioms that the op alone cannot tell apart."""
+    is known. `line` is the source of the user's line, for the idioms that the op alone cannot tell
+    apart; `input_max` the largest finite value of its first input."""
     rule, hint = _lookup(phase, op, forward_op, kind, line)
+    if (phase == "forward" and kind == "-inf" and base_name(op) in ("log", "log2", "log10") and input_max is not None
+            and input_max > 1.0 and rule == BY_KIND[("log", "-inf")][0] and hint == BY_KIND[("log", "-inf")][1]):
+        rule, hint = LOG_OF_ZERO_MAGNITUDE[0], LOG_OF_ZERO_MAGNITUDE[1].format(max=input_max)
     for torch_spelling, own in _SPELLINGS.get(framework, ()):
         hint = hint.replace(torch_spelling, own)
     return rule, hint

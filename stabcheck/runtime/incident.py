@@ -57,7 +57,9 @@ class IncidentSink:
         """The report of a producer found; `hint_op` is the op's framework-neutral name (hints.py)."""
         forward_op = finding.forward.get("op") if finding.forward else None
         line = linecache.getline(finding.location.filename, finding.location.line) if finding.location else ""
-        rule, hint = hints.lookup(finding.phase, hint_op, forward_op, finding.kind, line, self.framework)
+        first = finding.inputs[0] if finding.inputs else {}
+        rule, hint = hints.lookup(finding.phase, hint_op, forward_op, finding.kind, line, self.framework,
+                                  first.get("max") if isinstance(first.get("max"), (int, float)) else None)
         return TrapReport(phase=finding.phase, kind=finding.kind, op=finding.op, location=finding.location,
                           module=finding.module, forward=finding.forward, parameter=finding.parameter,
                           inputs=finding.inputs, outputs=finding.outputs, hint=hint, rule=rule, detected=detected,

@@ -11,12 +11,17 @@ the host copy (or on the tensor for tolist/print, which read it whole anyway).
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import numpy as np
 import torch
 
+from stabcheck.runtime import frames
+
 _Tensor = torch.Tensor
+_COMPILER_DIRS = tuple(os.path.join(frames.package_dir("torch") or "\0", sub) + os.sep
+                       for sub in ("_dynamo", "_inductor", "_functorch", "_subclasses", "fx", "export"))
 _ORIGINALS: dict = {}
 _trap = None
 
@@ -24,7 +29,10 @@ _trap = None
 def _report(tensor, how: str) -> None:
     trap = _trap
     if trap is not None and not trap.busy and not trap.muted:
-        trap.read_back(tensor, how, sys._getframe(2))
+        frame = sys._getframe(2)
+        if frame.f_code.co_filename.startswith(_COMPILER_DIRS):
+            return  # torch.compile reading its own values (folding an -inf mask constant): no exit
+        trap.read_back(tensor, how, frame)
 
 
 def _item(self):

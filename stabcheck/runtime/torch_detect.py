@@ -242,6 +242,17 @@ class Detector:
                 name = self._param_name(param) or tensor_name(param, sys._getframe(2)) or "a parameter"
                 return ((at, f"the gradient of {name} is {kind_of(g)} {message}",
                          loc_of(caller(sys._getframe(2))), g), {"optimizer": optimizer})
+        if at != "read":
+            # the loss, the values handed to backward() and the gradients are finite: an op's NaN/Inf
+            # that none of them received was neutralised by the program itself (nan_to_num, a where
+            # that drops it, masked_fill of an inf: PyG's deg ** -0.5), and is no fault. The flags
+            # localize what these checks, or a value read back, do see (the first one is kept).
+            if self.suspect is None:
+                self.suspect = next(((func, location, mods, node, "nan") for func, location, mods, node, v in flagged
+                                     if math.isnan(v)), None)
+            return None
+        if self.suspect is not None:
+            return None  # a NaN read back that an earlier step made: the read-back's own report localizes it
         for func, location, mods, node, v in flagged:
             if not math.isfinite(v):
                 key = (str(func), location.filename if location else None, location.line if location else None)

@@ -176,12 +176,16 @@ class FlagMode(TorchDispatchMode):
             return out  # scaled gradients: GradScaler detects and skips overflowing steps itself
         flags = trap.flags
         where = None
-        for o in outs:
-            if not o.numel():
-                continue
-            if where is None:
-                where = (loc_of(caller(sys._getframe(1))), tuple(trap.mod_stack), node_name())
-            flags.add(o, tainted, func, *where)
+        trap.busy += 1  # the flag's own torch calls (and its buffer) are no part of the step's recording
+        try:
+            for o in outs:
+                if not o.numel():
+                    continue
+                if where is None:
+                    where = (loc_of(caller(sys._getframe(1))), tuple(trap.mod_stack), node_name())
+                flags.add(o, tainted, func, *where)
+        finally:
+            trap.busy -= 1
         if len(flags) > MAX_FLAGS:
             trap.flush(None, "op", "per-op flags")
         return out

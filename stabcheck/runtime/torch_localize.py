@@ -24,8 +24,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from stabcheck.runtime import hints
 from stabcheck.runtime.incident import Finding
 from stabcheck.runtime.numerics import producer_kind
-from stabcheck.runtime.torch_record import (ModuleEvent, OpEvent, autocast, is_inplace, reexecuted, replay_target,
-                                            tag_nodes)
+from stabcheck.runtime.torch_record import (ModuleEvent, OpEvent, autocast, is_grad_leaf, is_inplace, reexecuted,
+                                            replay_target, tag_nodes)
 from stabcheck.runtime.torch_support import (CASTS, INF_WRITERS, NOT_PRODUCERS, caller, float_tensors, kind_of, loc_from_traceback,
                                              loc_of, rng_state, root_name, set_rng_state, stats_list, tensor_stats)
 
@@ -279,7 +279,7 @@ class Localizer:
         buffers = [(b, b.detach().clone()) for m in modules.values() for b in m.buffers()]
         leaves = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         for event in events:
-            leaves.extend(t for t in float_tensors((event.args, event.kwargs)) if t.requires_grad and t.is_leaf)
+            leaves.extend(t for t in float_tensors((event.args, event.kwargs)) if is_grad_leaf(t))
         leaves = list({id(t): t for t in leaves}.values())
         grads = [(t, t.grad) for t in leaves]
         mapping: dict[int, torch.Tensor] = {}
@@ -353,6 +353,8 @@ class Localizer:
             finding = self._replay(detected["at"])
         if finding is None and flag_record is None and self.flags:
             flag_record = self._first_bad_flag()
+        if finding is None and flag_record is None:
+            flag_record = self.suspect  # a NaN made at an earlier step, out of sight until now
         if finding is None and flag_record is not None and flag_record[4] != "nan" and self.events:
             flag_record = None  # an inf the exact replay does not reproduce: intentional (trip stays silent)
         if finding is None and flag_record is not None:

@@ -220,17 +220,21 @@ def _from_optimizer(frame) -> bool:
 
 def _is_parameter_update(args) -> bool:
     """`w -= lr * w.grad`, `w.add_(...)`, an initialiser: an in-place write to a leaf that requires grad
-    is an update between steps, not part of a step's computation, and so is one to a view of such a leaf.
-    (requires_grad is asked first: is_leaf of a view made under no_grad, then written in place, raises.)"""
+    is an update between steps, not part of a step's computation, and so is one to a view of such a leaf."""
     target = args[0] if args else None
     targets = target if isinstance(target, (list, tuple)) else [target]  # _foreach_add_(params, ...)
-    return bool(targets) and all(isinstance(t, torch.Tensor) and (_is_parameter(t) or _is_parameter(t._base))
+    return bool(targets) and all(isinstance(t, torch.Tensor) and (is_grad_leaf(t) or is_grad_leaf(t._base))
                                  for t in targets)
 
 
-def _is_parameter(t) -> bool:
-    """A leaf that requires grad (`t._base` of a view written under no_grad: `weight[row].fill_(0)`)."""
-    return t is not None and t.requires_grad and t.is_leaf
+def is_grad_leaf(t) -> bool:
+    """A leaf that requires grad (`t._base` of a view written under no_grad: `weight[row].fill_(0)`).
+    is_leaf of a view made under no_grad whose base was then written in place raises (spectral_norm's
+    `weight_mat`): no leaf of the step's gradients, then."""
+    try:
+        return t is not None and t.requires_grad and t.is_leaf
+    except RuntimeError:
+        return False
 
 
 def is_inplace(func) -> bool:

@@ -91,6 +91,9 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.first_report: TrapReport | None = None
         self.stopped: TrapReport | None = None
         self.benign: set = set()
+        # --per-op: the first op that made a NaN the checks then found neutralised (torch_detect.flush),
+        # kept to localize it should the value come out later (read back from a list of monitored values)
+        self.suspect = None
         self.installed = False
         self.last_checked = None
         self._found_inf: dict = {}
@@ -151,8 +154,13 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.busy += 1
         try:
             kept = kept_by_the_program(sys._getframe(1))
+            # a NaN the program handed to a NaN-aware call (`torch.nan_to_num(gap)`: the ECE of an empty
+            # bin) was dealt with; the name it is kept under is no unchecked value
+            handled = {id(t) for e in self.events if isinstance(e, OpEvent)
+                       and getattr(e.func, "__name__", "") in NAN_AWARE for t in float_tensors((e.args, e.kwargs))}
             bad = next(((t, e) for e in self.events for t in float_tensors(e.output) if id(t) in kept
-                        and t.device.type != "meta" and bool(torch.isnan(t.detach()).any())), None)
+                        and id(t) not in handled and t.device.type != "meta" and bool(torch.isnan(t.detach()).any())),
+                       None)
         finally:
             self.busy -= 1
         if bad is not None:
@@ -449,6 +457,11 @@ class TorchTrap(Detector, Localizer, IncidentSink):
                 for e in self.events if e.grad_enabled):
             return "training"
         return "evaluation" if (self.saw_optimizer or self.backward_calls) else None
+
+
+# calls that take a NaN as an expected value (final_check)
+NAN_AWARE = frozenset({"nan_to_num", "nan_to_num_", "isnan", "isfinite", "where", "nanmean", "nansum", "nanmedian",
+                       "nanquantile", "masked_fill", "masked_fill_"})
 
 
 # ---------------------------------------------------------------------------

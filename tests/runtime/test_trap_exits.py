@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 import stabcheck  # noqa: E402
 from stabcheck.runtime import NonFiniteError  # noqa: E402
 from stabcheck.runtime.divergence import diagnose  # noqa: E402
+from stabcheck.runtime.divergence import hint as divergence_hint  # noqa: E402
 from stabcheck.runtime.report import TrapReport, render  # noqa: E402
 
 # fixture -> expected report fields (the location is the `# FAULT` line of the fixture)
@@ -101,7 +102,8 @@ def test_messages_name_what_the_user_wrote(reports):
 
 @pytest.mark.parametrize("per_op", [False, True])
 @pytest.mark.parametrize("name", ["healthy_readbacks.py", "healthy_perop_masks.py", "healthy_transformer_lm.py",
-                                  "healthy_grad_scaler.py", "healthy_missing_values.py"])
+                                  "healthy_grad_scaler.py", "healthy_missing_values.py", "healthy_gcn_norm.py",
+                                  "healthy_masked_metrics.py"])
 def test_healthy_code_stays_silent(name, per_op):
     report, incidents = _run(name, per_op)
     assert report is None and incidents == 0
@@ -147,6 +149,10 @@ def test_healthy_training_has_no_divergence():
     fast = diagnose([0, 1, 2, 3], [5270.0, 4.8e22, 7.5e21, float("inf")], [None] * 4, [None] * 4, [5.0])
     assert fast is not None and fast["lr"] == 5.0 and fast["growth"] > 1e18
     assert diagnose([0, 1, 2, 3], [1.0, 50.0, 2e3, float("inf")], [None] * 4, [None] * 4, [0.1]) is None
+    # the loss exploded while the weights stayed put: the forward computation, not the learning rate
+    flat = diagnose(list(range(6)), [2.0, 3.0, 40.0, 1e9, 1e31, float("inf")], [None] * 6,
+                    [8.5, None, None, 8.5, None, None], [1e-4])
+    assert "forward computation itself explodes" in divergence_hint(flat) and "1e-4" not in divergence_hint(flat)
 
 
 def test_numpy_log_of_zero_is_reported():
@@ -164,6 +170,18 @@ def test_a_parameter_made_nan_by_an_optimizer_with_eps_0_names_it():
     report, _ = _run("adam_eps_zero.py", False)
     assert (report["phase"], report["parameter"], report["kind"]) == ("parameter", "model.emb.weight", "nan")
     assert report["step"] == 1 and "Adam runs with eps=0" in report["hint"]
+
+
+@pytest.mark.parametrize("per_op", [False, True], ids=["default", "per-op"])
+def test_spectral_norm_of_a_zero_weight_is_localized(per_op):
+    """spectral_norm divides by sigma = 0 at step 0, the model built inside the recorded window: the
+    replay must not trip over spectral_norm's views (is_leaf of them raises), and --per-op's own flag
+    buffer is no input of the step."""
+    path = FIXTURES / "spectral_norm_zero_init.py"
+    report, _ = _run("spectral_norm_zero_init.py", per_op)
+    assert (report["op"], report["phase"], report["kind"], report["rule"]) == ("aten.div.Tensor", "forward", "nan",
+                                                                               "STB201")
+    assert report["location"]["line"] == line_of(path, "# FAULT") and report["step"] == 0
 
 
 def test_numpy_names_the_ufunc_numpy_names():
