@@ -66,7 +66,7 @@ def hook(trap) -> bool:
         if bad is not None:
             name, kind = bad
             trap.report_returned(f"the metric {name} of training epoch {epoch} (model.fit) is {kind}",
-                                 METRIC_HINT, "training", None, sys._getframe(1))
+                                 METRIC_HINT, "training", None, sys._getframe(1), trained=True)
         return _ORIGINALS["on_epoch_end"](self, epoch, logs)
 
     cls.on_test_end, cls.on_epoch_end = on_test_end, on_epoch_end

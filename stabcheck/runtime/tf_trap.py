@@ -152,6 +152,8 @@ class TFTrap(Localizer, IncidentSink):
         self.traced_here: "weakref.WeakSet" = weakref.WeakSet()
         self.with_sites: "weakref.WeakSet" = weakref.WeakSet()
         self.keras_hooked = False  # Keras' CallbackList checks the logs (keras_logs.py), once Keras is loaded
+        self.xla_steps = False  # a gradient was traced into an XLA-compiled function: unchecked, unreplayable
+        self.xla_functions: "weakref.WeakSet" = weakref.WeakSet()  # those functions: their outputs are checked
         self.stash: Stash | None = None
         self.steps = 0
         self.muted = False
@@ -304,6 +306,9 @@ class TFTrap(Localizer, IncidentSink):
             from tensorflow.python.ops import control_flow_util
 
             if control_flow_util.GraphOrParentsInXlaContext(graph):
+                self.xla_steps = True  # a report from Keras' logs then says why the step went unchecked
+                for fn, _ in self.tracing:
+                    self.xla_functions.add(fn)
                 return grads  # XLA cannot run py_function: only the boundary sees this step
         except Exception:  # pragma: no cover
             pass
@@ -392,12 +397,14 @@ class TFTrap(Localizer, IncidentSink):
             finally:
                 self.steps += 1
         elif not self.muted and not self.incidents and fn not in self.with_sites:
-            self._check_returned(fn, result)
+            xla = fn in self.xla_functions
+            self._check_returned(fn, result, xla)
+            self.steps += xla
         if not self.keras_hooked:
             self.keras_hooked = keras_logs.hook(self)
         return result
 
-    def _check_returned(self, fn, result) -> None:
+    def _check_returned(self, fn, result, xla: bool = False) -> None:
         """What a function with no gradient to check returns leaves the computation: a NaN there is
         reported (an inf may be a mask it returns on purpose). Keras' step functions return their
         logs (an Optional of them, per step): those are checked once per evaluation and epoch instead
@@ -409,19 +416,24 @@ class TFTrap(Localizer, IncidentSink):
                     and bool(tf.reduce_any(tf.math.is_nan(value))):  # on its device: one boolean comes back
                 name = path.rsplit("/", 1)[-1] or "its output"
                 self.report_returned(f"the output of {fn.__name__}() ({name}) is nan", "", None, tensor_stats(value),
-                                     sys._getframe(2))
+                                     sys._getframe(2), trained=xla)
                 return
 
-    def report_returned(self, message: str, hint: str, mode: str | None, stats: dict | None, frame) -> None:
-        """A non-finite value no gradient saw: an evaluation's, a metric's, a function's output."""
+    def report_returned(self, message: str, hint: str, mode: str | None, stats: dict | None, frame,
+                        trained: bool = False) -> None:
+        """A non-finite value no gradient saw: an evaluation's, a metric's, a function's output.
+        `trained`: the training's own logs -- under XLA no gradient was checked, so they may hold
+        the loss of a step that went wrong."""
         if self.muted or self.incidents:  # (after a report, the logs only echo it: --action warn)
             return
         where = user_where(frame)
         detected = {"at": "read", "message": message,
                     "location": dict(zip(("filename", "line", "function"), where)) if where else None}
         kind = next((k for k in ("nan", "+inf", "-inf") if message.endswith(k)), "nan")
-        report = self.unlocalized_report(detected, kind, "no gradient computed it: not replayed", hint,
-                                         [stats] if stats else [])
+        note = "no gradient computed it: not replayed"
+        if trained and self.xla_steps:
+            note, hint = "the training step is XLA-compiled: not checked, not replayed", XLA_HINT
+        report = self.unlocalized_report(detected, kind, note, hint, [stats] if stats else [])
         report.mode = mode
         self.emit(self.stamp(report, self.steps))
 
@@ -451,6 +463,10 @@ class TFTrap(Localizer, IncidentSink):
 TF_UNREPLAYABLE_HINT = ("the step could not be replayed (a tf.function fed by an iterator or composite tensors, "
                         "an XLA-compiled step, or too many ops); call the step function with tensors, or "
                         "run it eagerly (tf.config.run_functions_eagerly(True)) to find the op")
+XLA_HINT = ("the training step is compiled by XLA (model.compile(jit_compile=True), Keras' default on a GPU, or "
+            "tf.function(jit_compile=True)), which runs no check the trap could add: the first sign is what the "
+            "step returns (under fit, the epoch's logs). Compile with jit_compile=False for one run under stabcheck to have every step checked and the op "
+            "named")
 TF_UNLOCALIZED_HINT = ("the value became non-finite but replaying the step eagerly did not reproduce it (random "
                        "ops such as dropout, nondeterministic kernels, or state the replay cannot see)")
 

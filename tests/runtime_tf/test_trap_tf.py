@@ -193,6 +193,26 @@ def test_nan_in_the_training_data_is_reported_as_data(tmp_path):
     assert "FloatingPointError" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("fixture,call,message,step", [
+    # (fit: seen at the end of epoch 0, after its 4 steps)
+    ("keras_jit_compiled.py", "model.fit(", "the metric loss of training epoch 0", 4),
+    ("tf_jit_step.py", "loss = train_step(", "the output of train_step() (its output) is nan", 0),
+])
+def test_an_xla_compiled_step_is_reported_as_unchecked(tmp_path, fixture, call, message, step):
+    """XLA runs no py_function, so an XLA-compiled step gets no gradient check: its NaN shows first in
+    what the step returns (a custom loop) or in the epoch's logs (fit); the report says the step was
+    compiled by XLA and how to have it checked, not that no gradient computed the value."""
+    path = FIXTURES / fixture
+    result = stabcheck_run(path, tmp_path=tmp_path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert report["detected"]["message"].startswith(message), report["detected"]
+    assert report["location"]["line"] == line_of(path, call) and report["step"] == step
+    assert "XLA" in report["hint"] and "jit_compile=False" in report["hint"]
+    assert "no gradient computed" not in report["detected"]["message"]
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("fixture,mode,message,hint", [
     ("keras_validation_nan.py", "evaluation", "loss of an evaluation", "validation or test data"),
     ("keras_metric_inf.py", "training", "the metric relative_error of training epoch 0", "guard its denominator"),
