@@ -101,6 +101,10 @@ def zero_eps(optimizer: str, eps: float) -> str:
 
 
 INPUT_HINT = "the data fed to the model already contains NaN/Inf: check the data pipeline and its normalisation"
+#: the names a loss gives its labels: a non-finite value there is a missing or corrupt label, not a feature
+TARGET_ARGUMENTS = frozenset({"target", "targets", "label", "labels", "y", "y_true"})
+TARGET_HINT = ("the targets (labels) already contain NaN/Inf: a missing label read as NaN, or a target built by a "
+               "division or log in the data pipeline; drop or mask those samples before the loss")
 UNREPLAYABLE_HINT = ("the step could not be replayed (no nn.Module call was recorded before it, or it was too long); "
                      "rerun with --per-op to check every op as it runs and name the one that produced the value")
 UNLOCALIZED_HINT = ("the value became non-finite but replaying the step did not reproduce it (nondeterministic kernels, "

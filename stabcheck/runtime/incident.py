@@ -60,6 +60,8 @@ class IncidentSink:
         first = finding.inputs[0] if finding.inputs else {}
         rule, hint = hints.lookup(finding.phase, hint_op, forward_op, finding.kind, line, self.framework,
                                   first.get("max") if isinstance(first.get("max"), (int, float)) else None)
+        if finding.phase == "input" and first.get("argument") in hints.TARGET_ARGUMENTS:
+            hint = hints.TARGET_HINT
         return TrapReport(phase=finding.phase, kind=finding.kind, op=finding.op, location=finding.location,
                           module=finding.module, forward=finding.forward, parameter=finding.parameter,
                           inputs=finding.inputs, outputs=finding.outputs, hint=hint, rule=rule, detected=detected,

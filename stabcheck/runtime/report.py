@@ -36,7 +36,8 @@ JSON schema (DESIGN.md, "Runtime trap"), one object per incident:
                 norms every 32 steps or so), lr, growth}
 
 Tensor stats: shape, dtype, device, min, max (over finite values), zeros,
-negatives, nan, inf (+inf and -inf together), "+inf", "-inf".
+negatives, nan, inf (+inf and -inf together), "+inf", "-inf"; for phase "input",
+"argument": the parameter of the call that held it ("target"), or "argument N".
 """
 
 from __future__ import annotations
@@ -152,7 +153,10 @@ def render(report: TrapReport, stream=None, text_only: bool = False) -> None:
     if report.module:
         lines.append(("module", report.module))
     for i, s in enumerate(report.inputs):
-        lines.append((f"input {i}", _fmt_stats(s)))
+        if "argument" in s:  # the input of a call found already non-finite: which argument it was
+            lines.append(("input", f"{s['argument']}: {_fmt_stats(s)}"))
+        else:
+            lines.append((f"input {i}", _fmt_stats(s)))
     for i, s in enumerate(report.outputs):
         lines.append((f"output {i}", _fmt_stats(s)))
     det = report.detected

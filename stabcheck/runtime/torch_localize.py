@@ -13,6 +13,7 @@ buffers, anomaly mode, .grad) is restored after.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from typing import Any
@@ -100,6 +101,24 @@ class CheckMode(TorchDispatchMode):
 
     def from_constants(self, inputs) -> bool:
         return _on_constants(self.event)
+
+
+def _argument_name(event, value) -> str | None:
+    """The parameter name of the call that `value` was passed as (`target` of MSELoss.forward), or
+    its position; None when it sits inside a container."""
+    fn = event.module.forward if isinstance(event, ModuleEvent) else event.func
+    for key, arg in event.kwargs.items():
+        if arg is value:
+            return key
+    for i, arg in enumerate(event.args):
+        if arg is value:
+            try:
+                names = [p.name for p in inspect.signature(fn).parameters.values()
+                         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            except (TypeError, ValueError):  # a builtin with no signature
+                names = []
+            return names[i] if i < len(names) else f"argument {i}"
+    return None
 
 
 class WatchMode(CheckMode):
@@ -231,8 +250,11 @@ class Localizer:
                 if not (bool(torch.isnan(t).any()) if id(t) in constants else not bool(torch.isfinite(t).all())):
                     continue
                 module = root_name(event.module) if isinstance(event, ModuleEvent) else None
-                return Finding("input", None, kind_of(t), event.location, module, None, None,
-                               [tensor_stats(t)], [], "replay")
+                stats = tensor_stats(t)
+                argument = _argument_name(event, t)
+                if argument is not None:
+                    stats["argument"] = argument  # a loss's `target`: the labels, not the model's input
+                return Finding("input", None, kind_of(t), event.location, module, None, None, [stats], [], "replay")
             if isinstance(event, OpEvent) and is_inplace(event.func):
                 continue  # it wrote its input: the output is that input, not a new value
             (produced if reexecuted(event) else constants).update(id(t) for t in float_tensors(event.output))

@@ -171,3 +171,17 @@ def test_a_swallowed_trap_still_fails_the_run(run_trap, tmp_path):
     assert "caught NonFiniteError" in result.stdout and "finished" in result.stdout
     assert result.returncode == 3
     assert result.report["phase"] == "input"
+
+
+def test_a_missing_label_is_named_as_the_target(run_trap):
+    """A NaN that only the labels hold is data, and the report says which argument of the loss held it
+    (the target, not the model's input) and points at the labels."""
+    path = FIXTURES / "missing_label.py"
+    result = run_trap(path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert (report["phase"], report["kind"], report["step"]) == ("input", "nan", 4)
+    assert report["inputs"][0]["argument"] == "target" and report["inputs"][0]["nan"] == 1
+    assert report["location"]["line"] == line_of(path, "loss = F.mse_loss(")
+    assert "labels" in report["hint"]
+    assert "input    target: float32[16x1]" in result.stderr
