@@ -43,6 +43,11 @@ CASTS = {"_to_copy", "copy", "copy_"}
 # ---------------------------------------------------------------------------
 # frames and locations
 
+#: the functorch transform level running (vmap, grad, jacrev of torch.func), or None: values inside a
+#: transform are wrapped per level and cannot be read, copied out or replayed -- the trap keeps off them
+functorch_level = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", lambda: None)
+
+
 def is_internal(filename: str) -> bool:
     """A frame of a library (LIBRARY_PACKAGES) or of the standard library's plumbing: not the user's."""
     return filename.startswith(_LIBRARY_DIRS) or filename.endswith(frames.SKIP_FILES) or filename.startswith("<frozen")

@@ -103,7 +103,7 @@ def test_messages_name_what_the_user_wrote(reports):
 @pytest.mark.parametrize("per_op", [False, True])
 @pytest.mark.parametrize("name", ["healthy_readbacks.py", "healthy_perop_masks.py", "healthy_transformer_lm.py",
                                   "healthy_grad_scaler.py", "healthy_missing_values.py", "healthy_gcn_norm.py",
-                                  "healthy_masked_metrics.py"])
+                                  "healthy_masked_metrics.py", "healthy_per_sample_grads.py"])
 def test_healthy_code_stays_silent(name, per_op):
     report, incidents = _run(name, per_op)
     assert report is None and incidents == 0
