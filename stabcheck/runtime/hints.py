@@ -93,6 +93,10 @@ BACKWARD: dict[str, tuple[str | None, str]] = {
 PARAMETER_HINT = ("a parameter is already non-finite before this step: a previous update diverged (learning rate too high, "
                   "no gradient clipping, float16 without loss scaling) or the checkpoint it was loaded from is corrupt")
 
+INIT_PARAMETER_HINT = ("a parameter is non-finite before any update: the code that initialised it or the checkpoint it "
+                       "was loaded from made it (a w / w.norm() with a zero row -- nn.Embedding's padding row --, a "
+                       "log or sqrt of a zero init); check torch.isfinite(p).all() right after building the model")
+
 
 def zero_eps(optimizer: str, eps: float) -> str:
     return (f"the optimizer made it: {optimizer} runs with eps={eps:g}, so its update m / (sqrt(v) + eps) is 0 / 0 = NaN "

@@ -100,6 +100,8 @@ class Detector:
         if self.last_optimizer is None or self.last_optimizer() is not optimizer:
             self.last_optimizer = weakref.ref(optimizer)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.init_nonfinite is None:
+            self._note_init_state(optimizer)
         self.record_scalars(grads, optimizer)
         per_op = self.flag_mode is not None  # (flags exist only then: no call to ask them otherwise)
         if grads and self._grads_finite_fast(grads) and per_op:
@@ -118,6 +120,20 @@ class Detector:
             self.steps += 1
             self.updating = 1  # until the post-hook: what a closure evaluates now is still this step
         self.step_done = True
+
+    def _note_init_state(self, optimizer) -> None:
+        """Once, at the first optimizer step: which parameters are non-finite before any update (a
+        NaN a mask hides until some batch reads it -- an embedding's padding row -- is the init's)."""
+        self.busy += 1
+        try:
+            params = [p for group in optimizer.param_groups for p in group["params"]
+                      if p.is_floating_point() and p.layout == torch.strided and not p.is_meta]
+            bad = torch.stack([torch.isfinite(p).all() for p in params]).logical_not().tolist() if params else []
+            self.init_nonfinite = {id(p) for p, b in zip(params, bad) if b}
+        except Exception:  # parameters of kinds a stack cannot take: no note
+            self.init_nonfinite = set()
+        finally:
+            self.busy -= 1
 
     def record_scalars(self, grads, optimizer=None) -> None:
         """The flight recorder (divergence.py): this step's loss, and every NORM_EVERY steps or so the

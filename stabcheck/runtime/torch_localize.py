@@ -249,6 +249,9 @@ class Localizer:
                     continue
                 if not (bool(torch.isnan(t).any()) if id(t) in constants else not bool(torch.isfinite(t).all())):
                     continue
+                if is_grad_leaf(t):  # a parameter (a leaf the program trains): no data
+                    return Finding("parameter", None, kind_of(t), event.location, None, None,
+                                   self._param_name(t) or "a leaf tensor", [], [tensor_stats(t)], "replay")
                 module = root_name(event.module) if isinstance(event, ModuleEvent) else None
                 stats = tensor_stats(t)
                 argument = _argument_name(event, t)

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from stabcheck.runtime.report import Location
-from stabcheck.runtime.torch_support import AMP_DEVICES, is_internal, rng_state, site, where
+from stabcheck.runtime.torch_support import AMP_DEVICES, functorch_level, is_internal, rng_state, site, where
 
 MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
 MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in between (newest kept)
@@ -173,7 +173,8 @@ class TailMode(TorchFunctionMode):
         if kwargs is None:
             kwargs = {}
         trap = self.trap
-        if trap.depth or trap.busy or not trap.window_open or (trap.in_step and _from_optimizer(sys._getframe(1))):
+        if (trap.depth or trap.busy or not trap.window_open or functorch_level() is not None
+                or (trap.in_step and _from_optimizer(sys._getframe(1)))):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         rng = rng_state() if name in RANDOM_CALLS else None
@@ -187,7 +188,11 @@ class TailMode(TorchFunctionMode):
         if isinstance(out, torch.Tensor) or name == "__setitem__" or (isinstance(out, (tuple, list)) and out
                                                                       and isinstance(out[0], torch.Tensor)):
             try:
-                if name == "__get__" or (is_inplace(func) and _is_parameter_update(args)):
+                if name == "__get__":
+                    return out
+                if is_inplace(func) and _is_parameter_update(args):
+                    if not (trap.saw_optimizer or trap.backward_calls):  # initialisation: where each was written
+                        trap.init_writes[id(args[0])] = where(sys._getframe(1))
                     return out
                 if trap.step_done:
                     trap.new_step()

@@ -38,7 +38,7 @@ from stabcheck.runtime.torch_flight import FlightRecorder
 from stabcheck.runtime.torch_localize import Localizer, WatchMode
 from stabcheck.runtime.torch_record import (LOSS_MODULE, MAX_EVENT_BYTES, MAX_EVENTS, MAX_MODULE_EVENTS, ModuleEvent,
                                             OpEvent, RandomDraws, TailMode)
-from stabcheck.runtime.torch_support import (caller, float_tensors, grad_leaves, host_item, is_internal,
+from stabcheck.runtime.torch_support import (caller, float_tensors, grad_leaves, host_item, is_internal, root_name,
                                              kept_by_the_program, kind_of, loc_of, site, tensor_stats, where)
 
 # the torch function mode stack, called directly (TorchFunctionMode.__enter__/__exit__ wrap these in
@@ -94,6 +94,8 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         # --per-op: the first op that made a NaN the checks then found neutralised (torch_detect.flush),
         # kept to localize it should the value come out later (read back from a list of monitored values)
         self.suspect = None
+        self.init_writes: dict = {}  # id(parameter) -> where the program wrote it in place before any update
+        self.init_nonfinite: set | None = None  # ids of the parameters non-finite at the first optimizer step
         self.installed = False
         self.last_checked = None
         self._found_inf: dict = {}
@@ -421,7 +423,14 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             report = self.unlocalized_report(detected, kind, note, hint, outputs)
         else:
             report = self.localized_report(detected, finding, finding.op)
-            if finding.phase == "parameter":
+            param = self._param_named(finding.parameter) if finding.phase == "parameter" else None
+            if finding.phase == "parameter" and (self.step == 0 or id(param) in (self.init_nonfinite or ())):
+                # no update has run, or it was so before the first: the initialisation made it (its line,
+                # if the program wrote it in place)
+                report.hint = hints.INIT_PARAMETER_HINT
+                written = self.init_writes.get(id(param)) if param is not None else None
+                report.location = site(written) if written is not None else report.location
+            elif finding.phase == "parameter":
                 report.hint = self._optimizer_hint() or report.hint
         report.mode = self._mode()
         if finding is None or finding.phase != "input":
@@ -429,6 +438,16 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             if report.divergence is not None:
                 report.hint = divergence.hint(report.divergence)
         return self.stamp(report, self.step)
+
+    def _param_named(self, name: str | None):
+        """The parameter a report calls `name` (`model.emb.weight`), or None."""
+        for event in self.events if name else ():
+            if isinstance(event, ModuleEvent):
+                root = root_name(event.module)
+                for pname, p in event.module.named_parameters():
+                    if f"{root}.{pname}" == name:
+                        return p
+        return None
 
     def _optimizer_hint(self) -> str | None:
         """A parameter went non-finite: an optimizer set up to divide 0 by 0 is the likelier cause."""

@@ -185,3 +185,15 @@ def test_a_missing_label_is_named_as_the_target(run_trap):
     assert report["location"]["line"] == line_of(path, "loss = F.mse_loss(")
     assert "labels" in report["hint"]
     assert "input    target: float32[16x1]" in result.stderr
+
+
+def test_a_parameter_the_init_made_nan_is_blamed_on_the_init(run_trap):
+    """A NaN parameter that was NaN before the first update (a unit-norm init of nn.Embedding's zero
+    padding row) and hidden until a padded batch reads it: the init line, not 'a previous update'."""
+    path = FIXTURES / "unit_norm_embedding_init.py"
+    result = run_trap(path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert (report["phase"], report["parameter"], report["step"]) == ("parameter", "model.emb.weight", 4)
+    assert report["location"]["line"] == line_of(path, "self.emb.weight.copy_(")
+    assert "before any update" in report["hint"] and "previous update" not in report["hint"]
