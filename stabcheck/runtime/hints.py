@@ -58,6 +58,10 @@ FORWARD: dict[str, tuple[str | None, str]] = {
                         "out of the loss, or mask with a large finite negative instead of -inf"),
     "amax": (None, "max of a row that is entirely -inf (every position masked) is -inf: leave such rows out, "
                    "or mask with a large finite negative instead of -inf"),
+    "nll_loss_forward": (None, "the mean of a loss over zero targets is 0 / 0: every target of this batch equals "
+                               "ignore_index (-100 by default: all labels masked, a prompt longer than the context "
+                               "window); skip such batches, or sum the loss (reduction='sum') and divide by "
+                               "max(count, 1)"),
     "_log_softmax": (None, "log_softmax of a row that is entirely -inf gives NaN: keep at least one unmasked position"),
     "_to_copy": (None, "a cast to float16 overflowed (float16 holds at most 65504; bfloat16 has float32's range): "
                        "keep this value in float32, scale it down before the cast, or use bfloat16"),
@@ -210,15 +214,36 @@ LOG_OF_ZERO_MAGNITUDE = ("STB007", "log of an exact 0 of a value that is no prob
                          "log(x.clamp_min(eps))) or compute it in log space (slogdet, log-sum-exp, a predicted log-scale)")
 
 
+# ops whose +-inf from finite inputs is an overflow of their operands' magnitude
+OVERFLOWING = frozenset({"mul", "square", "pow", "mm", "addmm", "bmm", "matmul", "batchmatmulv2", "sum", "add",
+                         "addv2", "sub", "exp", "conv2d", "convolution", "linear", "dot_general"})
+#: a float32 operand this large overflows in the next few products: the values grew step after step
+DIVERGED_MAGNITUDE = 1e15
+DIVERGED = ("its operands had reached {max:.3g} when it overflowed: the values grew step after step until "
+            "they left float32's range, the run diverged. Lower the learning rate (or the peak of its schedule), "
+            "clip the gradients, or normalise the activations")
+FLOAT16_OVERFLOW = ("float16 holds at most 65504, and this op of values up to {max:.4g} exceeds it: a forward overflow, "
+                    "which loss scaling does not help. Compute this layer in float32 (autocast off for it; Keras: "
+                    "dtype='float32' on the layer), scale the values down first, or use bfloat16")
+
+
 def lookup(phase: str, op: str | None, forward_op: str | None = None, kind: str | None = None,
-           line: str = "", framework: str = "torch", input_max: float | None = None) -> tuple[str | None, str]:
+           line: str = "", framework: str = "torch", input_max: float | None = None,
+           dtype: str | None = None, magnitude: float | None = None) -> tuple[str | None, str]:
     """(rule, hint) for a producer op, in `framework`'s spellings; empty hint when nothing specific
     is known. `line` is the source of the user's line, for the idioms that the op alone cannot tell
-    apart; `input_max` the largest finite value of its first input."""
+    apart; `input_max` the largest finite value of its first input, `dtype` its output's dtype,
+    `magnitude` the largest finite |value| of all its inputs."""
     rule, hint = _lookup(phase, op, forward_op, kind, line)
     if (phase == "forward" and kind == "-inf" and base_name(op) in ("log", "log2", "log10") and input_max is not None
             and input_max > 1.0 and rule == BY_KIND[("log", "-inf")][0] and hint == BY_KIND[("log", "-inf")][1]):
         rule, hint = LOG_OF_ZERO_MAGNITUDE[0], LOG_OF_ZERO_MAGNITUDE[1].format(max=input_max)
+    name = base_name(op).lower() if op else ""
+    if phase == "forward" and kind in ("+inf", "-inf") and name in OVERFLOWING and magnitude is not None:
+        if dtype == "float16" and magnitude > 1.0 and name != "exp":  # (exp's own hint names float16)
+            hint = FLOAT16_OVERFLOW.format(max=magnitude)
+        elif magnitude >= DIVERGED_MAGNITUDE:
+            hint = DIVERGED.format(max=magnitude)
     for torch_spelling, own in _SPELLINGS.get(framework, ()):
         hint = hint.replace(torch_spelling, own)
     return rule, hint

@@ -58,8 +58,11 @@ class IncidentSink:
         forward_op = finding.forward.get("op") if finding.forward else None
         line = linecache.getline(finding.location.filename, finding.location.line) if finding.location else ""
         first = finding.inputs[0] if finding.inputs else {}
+        biggest = [abs(v) for s in finding.inputs for v in (s.get("max"), s.get("min")) if isinstance(v, (int, float))]
         rule, hint = hints.lookup(finding.phase, hint_op, forward_op, finding.kind, line, self.framework,
-                                  first.get("max") if isinstance(first.get("max"), (int, float)) else None)
+                                  first.get("max") if isinstance(first.get("max"), (int, float)) else None,
+                                  finding.outputs[0].get("dtype") if finding.outputs else None,
+                                  max(biggest) if biggest else None)
         if finding.phase == "input" and first.get("argument") in hints.TARGET_ARGUMENTS:
             hint = hints.TARGET_HINT
         return TrapReport(phase=finding.phase, kind=finding.kind, op=finding.op, location=finding.location,
@@ -76,6 +79,14 @@ class IncidentSink:
         return TrapReport(phase="unknown", kind=kind, location=Location(**loc) if loc else None,
                           outputs=list(outputs), hint=hint, detected=detected, localized="no",
                           framework=self.framework)
+
+    def fallback_report(self, detected: dict, exc: Exception) -> TrapReport:
+        """The report when building the full one failed: what the check saw, and why no more (a bug of
+        stabcheck's must not become an exception in the user's training code)."""
+        msg = detected.get("message", "")
+        kind = next((k for k in ("nan", "+inf", "-inf") if msg.endswith(k)), "nan")
+        return self.unlocalized_report(detected, kind, f"stabcheck could not build the report ({type(exc).__name__}: "
+                                       f"{exc})", "")
 
     def stamp(self, report: TrapReport, step: int) -> TrapReport:
         report.step = step

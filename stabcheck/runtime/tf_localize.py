@@ -68,15 +68,29 @@ def scan(records, localized: str) -> Finding | None:
     return None
 
 
+#: ops an intentional -inf/+inf (a mask built before the tape, a sentinel) is fed to; any other op fed
+#: an inf that no recorded op made (a layer's MatMul) is reading data that holds it
+MASK_CONSUMERS = frozenset({"Add", "AddV2", "SelectV2", "Select", "Minimum", "Maximum", "Min", "Max", "ArgMin",
+                            "ArgMax", "TopKV2", "Less", "LessEqual", "Greater", "GreaterEqual", "Equal", "NotEqual",
+                            "IsFinite", "IsInf", "IsNan", "ClipByValue", "Softmax", "LogSoftmax", "Identity",
+                            "Cast", "Fill", "BroadcastTo", "Tile", "ExpandDims", "Reshape"})
+
+
 def data_in(records) -> Finding | None:
-    """Eager code: a value no recorded op produced (data, not a variable) that already holds NaN."""
-    produced: set = set()
-    for op_type, inputs, outputs, where, phase, _extra, _attrs in records:
-        for t in inputs:
-            if id(t) not in produced and is_float(t) and hasattr(t, "numpy") and np.isnan(as_np(t)).any():
-                return Finding("input", None, "nan", to_location(where), inputs=[tensor_stats(t)],
-                               localized="per-op")
-        produced.update(id(o) for o in outputs)
+    """Eager code: a value no recorded op produced (data, not a variable) that already holds NaN, else
+    one holding an inf that an op other than a mask's consumer reads (a record parsed as inf)."""
+    for infinite in (False, True):
+        produced: set = set()
+        for op_type, inputs, outputs, where, phase, _extra, _attrs in records:
+            if not infinite or op_type not in MASK_CONSUMERS:
+                for t in inputs:
+                    if id(t) in produced or not is_float(t) or not hasattr(t, "numpy"):
+                        continue
+                    a = as_np(t)
+                    if np.isinf(a).any() if infinite else np.isnan(a).any():
+                        return Finding("input", None, kind_of_array(a), to_location(where),
+                                       inputs=[tensor_stats(t)], localized="per-op")
+            produced.update(id(o) for o in outputs)
     return None
 
 

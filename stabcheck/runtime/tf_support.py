@@ -212,14 +212,17 @@ def tf_variable(v):
 
 
 def loss_scaled(frame) -> bool:
-    """A Keras LossScaleOptimizer is in charge of this step (a local of the calling frames, or the
-    trainer's optimizer): an overflow of the scaled gradients is its business, it skips the step."""
+    """A Keras LossScaleOptimizer is in charge of this step (a local of the calling frames, a global
+    their code names -- `opt = LossScaleOptimizer(...)` at module level, used in a tf.function -- or
+    the trainer's optimizer): an overflow of the scaled gradients is its business, it skips the step."""
     if "keras" not in sys.modules:
         return False
     for _ in range(8):
         if frame is None:
             return False
-        for value in frame.f_locals.values():
+        names = frame.f_globals
+        used = [names[n] for n in frame.f_code.co_names if n in names]
+        for value in (*frame.f_locals.values(), *used):
             opt = getattr(value, "optimizer", None) if not _is_lso(value) else value
             if opt is not None and _is_lso(opt):
                 return True

@@ -152,6 +152,7 @@ class TFTrap(Localizer, IncidentSink):
         self.traced_here: "weakref.WeakSet" = weakref.WeakSet()
         self.with_sites: "weakref.WeakSet" = weakref.WeakSet()
         self.keras_hooked = False  # Keras' CallbackList checks the logs (keras_logs.py), once Keras is loaded
+        self.cascade = False  # a check of the running call saw a non-finite value while muted
         self.xla_steps = False  # a gradient was traced into an XLA-compiled function: unchecked, unreplayable
         self.xla_functions: "weakref.WeakSet" = weakref.WeakSet()  # those functions: their outputs are checked
         self.stash: Stash | None = None
@@ -370,6 +371,7 @@ class TFTrap(Localizer, IncidentSink):
         before = fn.experimental_get_tracing_count()
         depth = len(self.tracing)
         self.tracing.append((fn, {}))
+        self.cascade = False
         try:
             result = _ORIG_FN_CALL(fn, *args, **kwargs)
         except tf.errors.OpError:
@@ -388,7 +390,7 @@ class TFTrap(Localizer, IncidentSink):
         stash, self.stash = self.stash, None
         if fn in self.with_sites:
             self.steps += 1
-            if stash is None:
+            if stash is None and not self.cascade:
                 self.muted = False  # a healthy step: the next incident is reported again
         if stash is not None:  # --action warn: the step went on; report it now
             self.steps -= 1
@@ -442,7 +444,11 @@ class TFTrap(Localizer, IncidentSink):
     def trip(self, detected: dict, finding: Finding | None, how: str | None) -> None:
         if self.muted:
             return
-        self.emit(self._make_report(detected, finding, how))
+        try:
+            report = self._make_report(detected, finding, how)
+        except Exception as exc:  # (a bug of the report's: the run is still stopped, with what was seen)
+            report = self.stamp(self.fallback_report(detected, exc), self.steps)
+        self.emit(report)
 
     def _make_report(self, detected: dict, finding: Finding | None, how: str | None) -> TrapReport:
         if finding is None:
@@ -476,7 +482,8 @@ def _on_nonfinite(index: int, values) -> bool:
     trap = _ACTIVE
     if trap is None or index >= len(trap.sites):
         return True
-    if trap.muted:  # the cascade of an incident already reported (--action warn)
+    if trap.muted:  # the cascade of an incident already reported (--action warn): it stays muted
+        trap.cascade = True
         return False
     site = trap.sites[index]
     arrays = [np.asarray(v.numpy()) for v in values]

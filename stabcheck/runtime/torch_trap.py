@@ -405,7 +405,10 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             return  # a value read back that no op of the step produced: a sentinel, or data read as is
         self.busy += 1  # the report reads tensors back itself: those reads are no incidents
         try:
-            report = self._make_report(detected, finding, value, kind_hint)
+            try:
+                report = self._make_report(detected, finding, value, kind_hint)
+            except Exception as exc:  # (a bug of the report's: the run is still stopped, with what was seen)
+                report = self.stamp(self.fallback_report(detected, exc), self.step)
         finally:
             self.busy -= 1
         self.emit(report)

@@ -197,3 +197,30 @@ def test_a_parameter_the_init_made_nan_is_blamed_on_the_init(run_trap):
     assert (report["phase"], report["parameter"], report["step"]) == ("parameter", "model.emb.weight", 4)
     assert report["location"]["line"] == line_of(path, "self.emb.weight.copy_(")
     assert "before any update" in report["hint"] and "previous update" not in report["hint"]
+
+
+def test_a_batch_whose_labels_are_all_ignored_gets_the_ignore_index_hint(run_trap):
+    """cross_entropy(ignore_index=-100) of a batch with no label left is a mean over zero targets: the
+    op is nll_loss's forward, at the loss line, and the hint names ignore_index, not a log or a clamp."""
+    path = FIXTURES / "sft_all_labels_ignored.py"
+    result = run_trap(path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert (report["phase"], report["op"], report["step"]) == ("forward", "aten.nll_loss_forward.default", 3)
+    assert report["location"]["line"] == line_of(path, "loss = F.cross_entropy(")
+    assert "ignore_index" in report["hint"] and "zero targets" in report["hint"]
+
+
+@pytest.mark.parametrize("dtype,magnitude,expected", [
+    ("float32", 6.3e19, "the run diverged"),  # a learning-rate schedule that blew the weights up
+    ("float16", 625.0, "float16 holds at most 65504"),  # a forward overflow under mixed precision
+    ("float32", 300.0, "multiplication overflowed"),  # nothing to tell: the op's own hint
+])
+def test_an_overflow_hint_reads_the_operands(dtype, magnitude, expected):
+    """An op that overflowed names the cause its operands show: float32 values near 1e19 grew over many
+    steps (divergence), float16 values in the hundreds only left float16's range."""
+    from stabcheck.runtime import hints
+
+    _rule, hint = hints.lookup("forward", "aten.mul.Tensor", None, "+inf", "y = h * h", "torch", magnitude, dtype,
+                               magnitude)
+    assert expected in hint

@@ -170,9 +170,11 @@ def test_keras_on_the_torch_backend_names_the_users_line(tmp_path):
     assert report["location"]["line"] == line_of(KERAS_BCE, "# FAULT")
 
 
-def test_loss_scale_optimizer_overflows_are_not_findings(tmp_path):
-    """Mixed precision: scaled float16 gradients overflow on purpose and LossScaleOptimizer skips the step."""
-    result = stabcheck_run(FIXTURES / "keras_loss_scale.py", tmp_path=tmp_path)
+@pytest.mark.parametrize("mode", ["fit", "loop"])
+def test_loss_scale_optimizer_overflows_are_not_findings(tmp_path, mode):
+    """Mixed precision: scaled float16 gradients overflow on purpose and LossScaleOptimizer skips the step
+    (under fit, and in a tf.function loop that reads the optimizer as a module global)."""
+    result = stabcheck_run(FIXTURES / "keras_loss_scale.py", mode, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "finite loss True, scale lowered True\n"  # the overflows really happened
     assert result.report is None and trap_silent(result.stderr)
@@ -191,6 +193,17 @@ def test_nan_in_the_training_data_is_reported_as_data(tmp_path):
     assert "GradientTape" not in report["detected"]["message"] and "model.fit" in report["detected"]["message"]
     assert "data" in report["hint"]
     assert "FloatingPointError" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_inf_in_eager_data_is_reported_as_data(tmp_path):
+    """An inf record that only the backward turns into NaN (tanh saturates it in the forward): the
+    record is the cause, not the backward MatMul that multiplied it by 0."""
+    path = FIXTURES / "tf_inf_record.py"
+    result = stabcheck_run(path, tmp_path=tmp_path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert (report["phase"], report["kind"], report["op"], report["step"]) == ("input", "+inf", None, 2)
+    assert report["inputs"][0]["+inf"] == 1 and "data" in report["hint"]
 
 
 @pytest.mark.parametrize("fixture,call,message,step", [
