@@ -22,7 +22,8 @@ EVAL_HINT = ("an evaluation step returned it while every training step stayed fi
              "(model.compile(run_eagerly=True)) to name the op")
 METRIC_HINT = ("a metric is non-finite while the loss and the gradients are finite: the metric divides by zero or "
                "takes a log of 0 on some batch (a relative error by a zero target, a precision with no predicted "
-               "positive); guard its denominator")
+               "positive), or it reads a NaN label the loss masks out (check np.isnan(y).any()); guard its "
+               "denominator, or mask the same labels the loss does")
 
 
 def _kind(value) -> str | None:
