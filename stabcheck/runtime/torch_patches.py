@@ -18,7 +18,7 @@ import threading
 import torch
 
 from stabcheck.runtime.torch_record import OpEvent
-from stabcheck.runtime.torch_support import PASS_THROUGH, functorch_level, where
+from stabcheck.runtime.torch_support import PASS_THROUGH, in_functorch, where
 
 ORIG_MODULE_CALL = torch.nn.Module.__call__
 _ORIG_BACKWARD = torch.autograd.backward
@@ -42,7 +42,7 @@ def _module_call(self, *args, **kwargs):
             finally:
                 trap.mod_stack.pop()
         return ORIG_MODULE_CALL(self, *args, **kwargs)
-    if functorch_level() is not None:  # inside vmap / torch.func.grad: its values cannot be recorded or read
+    if in_functorch():  # inside vmap / torch.func.grad: its values cannot be recorded or read
         return ORIG_MODULE_CALL(self, *args, **kwargs)
     return trap.top_level_call(self, args, kwargs)
 
@@ -88,7 +88,7 @@ def _function_apply(cls, *args, **kwargs):
     builds its node again and runs the user's backward()."""
     trap = _ACTIVE
     if (trap is None or trap.depth or trap.busy or not trap.window_open or threading.get_ident() != trap.thread
-            or functorch_level() is not None):
+            or in_functorch()):
         return _ORIG_APPLY.__func__(cls, *args, **kwargs)
     trap.depth += 1
     try:

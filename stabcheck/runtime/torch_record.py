@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from stabcheck.runtime.report import Location
-from stabcheck.runtime.torch_support import AMP_DEVICES, functorch_level, is_internal, rng_state, site, where
+from stabcheck.runtime.torch_support import AMP_DEVICES, in_functorch, is_internal, rng_state, site, where
 
 MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
 MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in between (newest kept)
@@ -173,7 +173,7 @@ class TailMode(TorchFunctionMode):
         if kwargs is None:
             kwargs = {}
         trap = self.trap
-        if (trap.depth or trap.busy or not trap.window_open or functorch_level() is not None
+        if (trap.depth or trap.busy or not trap.window_open or in_functorch()
                 or (trap.in_step and _from_optimizer(sys._getframe(1)))):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")

@@ -43,9 +43,10 @@ CASTS = {"_to_copy", "copy", "copy_"}
 # ---------------------------------------------------------------------------
 # frames and locations
 
-#: the functorch transform level running (vmap, grad, jacrev of torch.func), or None: values inside a
-#: transform are wrapped per level and cannot be read, copied out or replayed -- the trap keeps off them
-functorch_level = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", lambda: None)
+#: True inside a functorch transform (vmap, grad, jacrev of torch.func): values there are wrapped per
+#: level and cannot be read, copied out or replayed -- the trap keeps off them. (Asked on every top-level
+#: module call: `_functorch.maybe_current_level` cost 12k instructions a call, this next to nothing.)
+in_functorch = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 def is_internal(filename: str) -> bool:
