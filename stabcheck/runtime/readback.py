@@ -78,8 +78,10 @@ _saved: dict = {}  # what Tensor's own __dict__ held before install (a method in
 
 
 def own_tolist(tensor) -> list:
-    """`tensor.tolist()` for the trap's own reads (its flight recorder's ring holds NaN for empty slots)."""
-    return _ORIGINALS.get("tolist", _Tensor.tolist)(tensor)
+    """`tensor.tolist()` for the trap's own reads (its flight recorder's ring holds NaN for empty slots);
+    past the recording mode too, whose dispatch would call the patched method."""
+    with torch._C.DisableTorchFunction():
+        return _ORIGINALS.get("tolist", _Tensor.tolist)(tensor)
 
 
 def install(trap) -> None:

@@ -221,8 +221,35 @@ class Localizer:
         return Finding("backward", str(func), kind, user or fwd_loc, module, forward, None, input_stats,
                        stats_list(outs))
 
-    def _check_state(self, optimizer=None) -> Finding | None:
-        """Parameters and inputs that are already non-finite (named as such, not blamed on an op)."""
+    def _idle_lead(self, detected_at: str | None) -> set:
+        """Indices of this step's leading events (the loop's torch code after the previous optimizer step,
+        before this step's first module call) whose outputs no later event reads: the previous step's
+        metrics and log lines, no part of this step's computation (a NaN metric there is no producer).
+        A value read back or left at the exit may be one of them: nothing is idle then."""
+        lead = min(self.lead, len(self.events))
+        if not lead or detected_at in ("read", "exit"):
+            return set()
+        needed = {id(t) for e in self.events[lead:] for t in tree_flatten((e.args, e.kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        idle = set()
+        for index in range(lead - 1, -1, -1):
+            event = self.events[index]
+            written = (event.args[0] if isinstance(event, OpEvent) and is_inplace(event.func) and event.args
+                       else None)  # `labels[5] = 99` returns nothing and changes labels
+            if (isinstance(written, torch.Tensor) and id(written) in needed) or any(
+                    isinstance(t, torch.Tensor) and id(t) in needed for t in tree_flatten(event.output)[0]):
+                needed.update(id(t) for t in tree_flatten((event.args, event.kwargs))[0] if isinstance(t, torch.Tensor))
+            else:
+                idle.add(index)
+        return idle
+
+    def _check_state(self, optimizer=None, idle=frozenset(), read=False) -> Finding | None:
+        """Parameters and inputs that are already non-finite (named as such, not blamed on an op).
+        `read`: a value read back -- what the loop's code between two steps reads may be a value an
+        earlier step computed (a list of monitored values stacked for printing): no data, then."""
+        between = set(range(min(self.lead, len(self.events))))
+        if self.tail_from is not None:
+            between.update(range(self.tail_from, len(self.events)))
         seen: set = set()
         produced: set = set()  # computed by the step (a replay recomputes them)
         constants: set = set()  # made by the program from constants (a mask of -inf is no fault)
@@ -231,6 +258,8 @@ class Localizer:
         # computation -- a loss that is already inf would otherwise be blamed on the metric's "input"
         written = self._written_in_place()
         for index, event in enumerate(self.events):
+            if index in idle:
+                continue
             if isinstance(event, ModuleEvent):
                 root = root_name(event.module)
                 for name, p in event.module.named_parameters():
@@ -248,6 +277,8 @@ class Localizer:
                 if self._made_in_step(t, produced):
                     continue
                 if not (bool(torch.isnan(t).any()) if id(t) in constants else not bool(torch.isfinite(t).all())):
+                    continue
+                if read and index in between:
                     continue
                 if is_grad_leaf(t):  # a parameter (a leaf the program trains): no data
                     return Finding("parameter", None, kind_of(t), event.location, None, None,
@@ -295,7 +326,7 @@ class Localizer:
                     written.update((id(t), index) for t in float_tensors(out))
         return written
 
-    def _replay(self, detected_at: str) -> Finding | None:
+    def _replay(self, detected_at: str, idle=frozenset()) -> Finding | None:
         if not self.events:
             return None
         events = self.events
@@ -321,8 +352,8 @@ class Localizer:
             with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
                     torch.autograd.set_detect_anomaly(True, check_nan=False):
                 for index, event in enumerate(events):
-                    if not reexecuted(event):
-                        continue  # a factory: its output is the original
+                    if not reexecuted(event) or index in idle:
+                        continue  # a factory (its output is the original), or no part of this step
                     check.event = event
                     args, kwargs = tree_map(sub, event.args), tree_map(sub, event.kwargs)
                     with torch.set_grad_enabled(event.grad_enabled), autocast(event.amp):
@@ -371,11 +402,12 @@ class Localizer:
 
     def _localize(self, detected: dict, optimizer=None, flag_record=None) -> Finding | None:
         self.replay_error = None
-        finding = self._check_state(optimizer)
+        idle = self._idle_lead(detected.get("at"))
+        finding = self._check_state(optimizer, idle, detected.get("at") in ("read", "exit"))
         if finding is None and self.watch is not None:
             finding = self.watch.found or self.watch.fallback  # a re-run's failing step, checked op by op as it ran
         if finding is None:
-            finding = self._replay(detected["at"])
+            finding = self._replay(detected["at"], idle)
         if finding is None and flag_record is None and self.flags:
             flag_record = self._first_bad_flag()
         if finding is None and flag_record is None:

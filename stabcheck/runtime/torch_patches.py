@@ -7,6 +7,7 @@ thread other than the one that installed it, or while the trap runs its own code
     Tensor.backward           leaves the recording mode before torch dispatches it
     autograd.Function.apply   a custom Function is recorded as one call (its backward is replayed)
     Optimizer.zero_grad       runs outside the recording (a closure's zero_grad starts its step)
+    DataLoader's __next__     runs outside the recording (the batch is data)
     GradScaler.scale          a scaled loss may overflow on purpose
 """
 
@@ -95,10 +96,28 @@ def _function_apply(cls, *args, **kwargs):
         out = _ORIG_APPLY.__func__(cls, *args, **kwargs)
     finally:
         trap.depth -= 1
-    if trap.step_done:
+    if trap.step_done and trap.tail_from is None:
         trap.new_step()
     trap.record(OpEvent(cls.apply, args, kwargs, out, where(sys._getframe(1)), torch.is_grad_enabled()))
     return out
+
+
+_LOADER_ITER = torch.utils.data.dataloader._BaseDataLoaderIter
+_ORIG_LOADER_NEXT = _LOADER_ITER.__next__
+
+
+def _loader_next(self):
+    """A DataLoader's next batch is loaded with the recording off: the batch is data (a NaN in it is
+    reported as such), and recording a main-process loader's per-sample transforms would cost more
+    than the rest of the trap."""
+    trap = _ACTIVE
+    if trap is None or not trap.window_open or threading.get_ident() != trap.thread:
+        return _ORIG_LOADER_NEXT(self)
+    trap.close_window()
+    try:
+        return _ORIG_LOADER_NEXT(self)
+    finally:
+        trap.open_window()
 
 
 _ORIG_ZERO_GRAD = torch.optim.Optimizer.zero_grad
@@ -167,7 +186,8 @@ _PATCHES = [(torch.nn.Module, "__call__", ORIG_MODULE_CALL, _module_call),
             (torch.autograd, "backward", _ORIG_BACKWARD, _autograd_backward),
             (torch.Tensor, "backward", _ORIG_TENSOR_BACKWARD, _tensor_backward),
             (torch.autograd.Function, "apply", _ORIG_APPLY, _function_apply),
-            (torch.optim.Optimizer, "zero_grad", _ORIG_ZERO_GRAD, _zero_grad)]
+            (torch.optim.Optimizer, "zero_grad", _ORIG_ZERO_GRAD, _zero_grad),
+            (_LOADER_ITER, "__next__", _ORIG_LOADER_NEXT, _loader_next)]
 if _GradScaler is not None:
     _PATCHES.append((_GradScaler, "scale", _ORIG_SCALE, _scaler_scale))
     _PATCHES.append((_GradScaler, "step", _ORIG_SCALER_STEP, _scaler_step))

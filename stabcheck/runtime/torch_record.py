@@ -194,7 +194,7 @@ class TailMode(TorchFunctionMode):
                     if not (trap.saw_optimizer or trap.backward_calls):  # initialisation: where each was written
                         trap.init_writes[id(args[0])] = where(sys._getframe(1))
                     return out
-                if trap.step_done:
+                if trap.step_done and trap.tail_from is None:
                     trap.new_step()
                 at = where(sys._getframe(1))
                 trap.record(OpEvent(func, args, kwargs, out, at, torch.is_grad_enabled(), rng))

@@ -61,6 +61,11 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.event_bytes = 0  # output bytes the recorded torch calls of this step hold
         self.dropped: dict = {}  # id -> weakref: outputs of calls of this step dropped from its recording
         self.step_done = False
+        # index of the first event recorded after the last optimizer step (a step of module calls): the
+        # loop's own torch code before the next module call (a batch normalised by hand) is part of the
+        # next step, and kept into it
+        self.tail_from: int | None = None
+        self.lead = 0  # events of this step recorded before its first module call (that code)
         self.roots: list = []  # (tensors, grad_tensors) of each backward() of this step
         self.grad_leaves = None  # no optimizer: the leaves whose .grad the running backward() fills
         self.in_step = False  # between an optimizer's step pre- and post-hook
@@ -207,7 +212,12 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         if self.step_done and not self.saw_optimizer and (self.pending or self.flags):
             # no optimizer step to sync at: check the previous step's device values now, once
             self.flush(None, "backward", "after backward()")
+        tail = self.events[self.tail_from:] if self.tail_from is not None else None
         self.forget_step()
+        if tail:
+            self.events, self.lead = tail, len(tail)
+            self.event_bytes = sum(e.output.numel() * e.output.element_size() for e in tail
+                                   if isinstance(e, OpEvent) and isinstance(e.output, torch.Tensor))
         self.roots = []
         self.step_done = False
         self.scaled = False
@@ -218,6 +228,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.event_bytes = 0
         self.dropped = {}
         self.module_events = self.grad_events = 0
+        self.tail_from, self.lead = None, 0
 
     def record(self, event) -> None:
         """Keep an event of this step; past MAX_EVENTS calls, or MAX_EVENT_BYTES of outputs that only the
@@ -228,9 +239,13 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         if type(event) is OpEvent and isinstance(event.output, torch.Tensor):
             self.event_bytes += event.output.numel() * event.output.element_size()
         if len(events) > MAX_EVENTS or self.event_bytes > MAX_EVENT_BYTES:
-            for dropped in events[: len(events) // 2]:  # their outputs are no inputs of the step
+            cut = len(events) // 2
+            for dropped in events[:cut]:  # their outputs are no inputs of the step
                 self.dropped.update((id(t), weakref.ref(t)) for t in float_tensors(dropped.output))
-            del events[: len(events) // 2]
+            del events[:cut]
+            self.lead = max(0, self.lead - cut)
+            if self.tail_from is not None:
+                self.tail_from = max(0, self.tail_from - cut)
             self.module_events = sum(1 for e in events if isinstance(e, ModuleEvent))
             self.grad_events = sum(1 for e in events if isinstance(e, ModuleEvent) and e.grad_enabled)
             self.event_bytes = sum(e.output.numel() * e.output.element_size() for e in events
@@ -313,6 +328,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
                 seen += 1
                 if seen == keep:
                     self.events = self.events[i:]
+                    self.lead = max(0, self.lead - i)
                     break
         self.module_events = keep
         self.grad_events = sum(1 for e in self.events if isinstance(e, ModuleEvent) and e.grad_enabled)
@@ -351,8 +367,9 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.updating = 0
         if self.config.rerun_until is not None:
             self.at_step_boundary()
-        if not self.module_events:
-            self.open_window()  # code with no module call: record the next step from its first op
+        if self.module_events:
+            self.tail_from = len(self.events)  # what the loop runs before its next module call: next step's
+        self.open_window()  # (code with no module call: the next step, from its first op)
 
     def loss_refused(self, exc, name: str, args, kwargs, at) -> None:
         """A loss raised on its input (BCE: "all elements of input should be between 0 and 1"): when

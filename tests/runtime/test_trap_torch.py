@@ -224,3 +224,16 @@ def test_an_overflow_hint_reads_the_operands(dtype, magnitude, expected):
     _rule, hint = hints.lookup("forward", "aten.mul.Tensor", None, "+inf", "y = h * h", "torch", magnitude, dtype,
                                magnitude)
     assert expected in hint
+
+
+def test_the_loops_own_preprocessing_is_part_of_the_step(run_trap):
+    """torch code the loop runs between the optimizer step and the next module call (a batch
+    standardised by a helper) is recorded into the next step: its std is named, not the data. The
+    evaluation line after the epoch (no module call of the step reads it) is no producer."""
+    path = FIXTURES / "batch_zscore_in_loop.py"
+    result = run_trap(path)
+    assert result.returncode == 3, result.stderr
+    report = result.report
+    assert (report["phase"], report["op"], report["step"]) == ("forward", "aten.std.correction", 4)
+    assert report["location"]["line"] == line_of(path, "return (x - x.mean(0)) / x.std(0)")
+    assert "single element" in report["hint"]
