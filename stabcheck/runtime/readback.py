@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -35,17 +36,30 @@ def _report(tensor, how: str) -> None:
         trap.read_back(tensor, how, frame)
 
 
+def _after_step(trap) -> None:
+    """A loss logged after the optimizer step (`running += loss.item()`): the loop's code from here to
+    its next module call is recorded (TorchTrap.open_tail)."""
+    if trap.tail_pending and threading.get_ident() == trap.thread:
+        trap.open_tail()
+
+
 def _item(self):
     value = _ORIGINALS["item"](self)
-    if type(value) is float and not math.isfinite(value) and _trap is not None:
-        _report(self, ".item() returned")
+    trap = _trap
+    if trap is not None:
+        _after_step(trap)
+        if type(value) is float and not math.isfinite(value):
+            _report(self, ".item() returned")
     return value
 
 
 def _float(self):
     value = _ORIGINALS["__float__"](self)  # its warning (requires grad) is moved to the user's line: warning_lines
-    if not math.isfinite(value) and _trap is not None:
-        _report(self, "float() returned")
+    trap = _trap
+    if trap is not None:
+        _after_step(trap)
+        if not math.isfinite(value):
+            _report(self, "float() returned")
     return value
 
 

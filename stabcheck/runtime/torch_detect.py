@@ -97,6 +97,7 @@ class Detector:
             self.close_window()
         self.saw_optimizer = True
         self.in_step = True
+        self.tail_pending = False
         if self.last_optimizer is None or self.last_optimizer() is not optimizer:
             self.last_optimizer = weakref.ref(optimizer)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

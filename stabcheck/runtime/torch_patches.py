@@ -111,13 +111,16 @@ def _loader_next(self):
     reported as such), and recording a main-process loader's per-sample transforms would cost more
     than the rest of the trap."""
     trap = _ACTIVE
-    if trap is None or not trap.window_open or threading.get_ident() != trap.thread:
+    if trap is None or threading.get_ident() != trap.thread or not (trap.window_open or trap.tail_pending):
         return _ORIG_LOADER_NEXT(self)
     trap.close_window()
     try:
         return _ORIG_LOADER_NEXT(self)
     finally:
-        trap.open_window()
+        if trap.tail_pending:
+            trap.open_tail()  # the loop's code on this batch, up to its next module call
+        else:
+            trap.open_window()
 
 
 _ORIG_ZERO_GRAD = torch.optim.Optimizer.zero_grad
@@ -131,6 +134,11 @@ def _zero_grad(self, *args, **kwargs):
         # a closure evaluated by optimizer.step() (LBFGS) begins: a step of its own, recorded from here
         trap.new_step()  # also when it calls no module (the optimizer's own calls are not: TailMode)
         trap.open_window()
+    if trap is not None and trap.tail_pending and threading.get_ident() == trap.thread:
+        try:
+            return _ORIG_ZERO_GRAD(self, *args, **kwargs)
+        finally:
+            trap.open_tail()  # the loop's code after it, up to its next module call
     if trap is None or not trap.window_open:
         return _ORIG_ZERO_GRAD(self, *args, **kwargs)
     trap.close_window()

@@ -65,6 +65,10 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         # loop's own torch code before the next module call (a batch normalised by hand) is part of the
         # next step, and kept into it
         self.tail_from: int | None = None
+        # ... recorded from the loop's next DataLoader fetch or zero_grad() on (open_tail): opened at the
+        # step's end, the recording mode would also see the optimizer's own profiler exit after its
+        # post-hook, which alone cost a sixth of the trap's fixed cost per step
+        self.tail_pending = False
         self.lead = 0  # events of this step recorded before its first module call (that code)
         self.roots: list = []  # (tensors, grad_tensors) of each backward() of this step
         self.grad_leaves = None  # no optimizer: the leaves whose .grad the running backward() fills
@@ -182,6 +186,13 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             _push_function_mode(self.tail_mode)  # (what TorchFunctionMode.__enter__ does, without its frames)
             self.tail_pushed = True
 
+    def open_tail(self) -> None:
+        """The loop fetched its next batch or cleared the gradients after an optimizer step: record
+        what it runs until its next module call (see tail_from)."""
+        self.tail_pending = False
+        if self.tail_from is not None and self.installed:
+            self.open_window()
+
     def close_window(self) -> None:
         """Stop recording. The mode leaves the stack now if it is on top; inside its own handler
         (a check fired from backward() or a loss function) it is popped at the next boundary."""
@@ -228,7 +239,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.event_bytes = 0
         self.dropped = {}
         self.module_events = self.grad_events = 0
-        self.tail_from, self.lead = None, 0
+        self.tail_from, self.lead, self.tail_pending = None, 0, False
 
     def record(self, event) -> None:
         """Keep an event of this step; past MAX_EVENTS calls, or MAX_EVENT_BYTES of outputs that only the
@@ -369,7 +380,9 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             self.at_step_boundary()
         if self.module_events:
             self.tail_from = len(self.events)  # what the loop runs before its next module call: next step's
-        self.open_window()  # (code with no module call: the next step, from its first op)
+            self.tail_pending = True
+        else:
+            self.open_window()  # code with no module call: record the next step from its first op
 
     def loss_refused(self, exc, name: str, args, kwargs, at) -> None:
         """A loss raised on its input (BCE: "all elements of input should be between 0 and 1"): when

@@ -46,17 +46,16 @@ def test_rerun_localizes_what_the_replay_cannot(run_trap, tmp_path, fixture, op,
     assert report["rerun"]["first"].endswith(note)  # what the first run's replay made of it
 
 
-def test_a_nan_only_printed_after_the_step_is_localized(run_trap):
-    """A NaN read back after the optimizer step is reported (an inf there is a sentinel; a NaN is not):
-    the loop's code between two steps is recorded, so the replay names the division, with the
-    statistics the trap reads back quietly, and no re-run is needed."""
+def test_a_nan_only_printed_after_the_step_is_localized_by_the_rerun(run_trap):
+    """A NaN read back that no recorded op made is reported (an inf there is a sentinel; a NaN is not),
+    and the re-run names the division, with the statistics the trap reads back quietly."""
     path = FIXTURES / "printed_precision.py"
     result = run_trap(path)
     assert result.returncode == 3, result.stderr
     report = result.report
     assert (report["op"], report["phase"], report["kind"], report["rule"]) == ("aten.div.Tensor", "forward", "nan",
                                                                                "STB201")
-    assert report["location"]["line"] == line_of(path, "# FAULT") and report["localized"] == "replay"
+    assert report["location"]["line"] == line_of(path, "# FAULT") and report["localized"] == "rerun"
     assert report["detected"]["at"] == "read" and report["inputs"][1]["zeros"] == 1
     assert result.stdout.count("precision") == 4  # steps 0-3 print; step 4 reads the NaN back
 
