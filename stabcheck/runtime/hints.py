@@ -222,8 +222,8 @@ DIVERGED_MAGNITUDE = 1e15
 DIVERGED = ("its operands had reached {max:.3g} when it overflowed: the values grew step after step until "
             "they left float32's range, the run diverged. Lower the learning rate (or the peak of its schedule), "
             "clip the gradients, or normalise the activations")
-FLOAT16_OVERFLOW = ("float16 holds at most 65504, and this op of values up to {max:.4g} exceeds it: a forward overflow, "
-                    "which loss scaling does not help. Compute this layer in float32 (autocast off for it; Keras: "
+FLOAT16_OVERFLOW = ("float16 holds at most 65504, and this op of values up to {max:.4g} exceeds it: a forward "
+                    "overflow, which loss scaling does not help. Compute this layer in float32 (autocast off for it; Keras: "
                     "dtype='float32' on the layer), scale the values down first, or use bfloat16")
 
 

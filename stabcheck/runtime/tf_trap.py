@@ -471,8 +471,8 @@ TF_UNREPLAYABLE_HINT = ("the step could not be replayed (a tf.function fed by an
                         "run it eagerly (tf.config.run_functions_eagerly(True)) to find the op")
 XLA_HINT = ("the training step is compiled by XLA (model.compile(jit_compile=True), Keras' default on a GPU, or "
             "tf.function(jit_compile=True)), which runs no check the trap could add: the first sign is what the "
-            "step returns (under fit, the epoch's logs). Compile with jit_compile=False for one run under stabcheck to have every step checked and the op "
-            "named")
+            "step returns (under fit, the epoch's logs). Compile with jit_compile=False for one run under "
+            "stabcheck to have every step checked and the op named")
 TF_UNLOCALIZED_HINT = ("the value became non-finite but replaying the step eagerly did not reproduce it (random "
                        "ops such as dropout, nondeterministic kernels, or state the replay cannot see)")
 

@@ -65,9 +65,9 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         # loop's own torch code before the next module call (a batch normalised by hand) is part of the
         # next step, and kept into it
         self.tail_from: int | None = None
-        # ... recorded from the loop's next DataLoader fetch or zero_grad() on (open_tail): opened at the
-        # step's end, the recording mode would also see the optimizer's own profiler exit after its
-        # post-hook, which alone cost a sixth of the trap's fixed cost per step
+        # ... recorded from the loop's next DataLoader fetch, zero_grad() or loss.item() on (open_tail):
+        # opened at the step's end, the recording mode would also see the optimizer's own profiler exit
+        # after its post-hook, which alone cost a sixth of the trap's fixed cost per step
         self.tail_pending = False
         self.lead = 0  # events of this step recorded before its first module call (that code)
         self.roots: list = []  # (tensors, grad_tensors) of each backward() of this step
@@ -187,8 +187,8 @@ class TorchTrap(Detector, Localizer, IncidentSink):
             self.tail_pushed = True
 
     def open_tail(self) -> None:
-        """The loop fetched its next batch or cleared the gradients after an optimizer step: record
-        what it runs until its next module call (see tail_from)."""
+        """The loop fetched its next batch, cleared the gradients or read its loss after an optimizer
+        step: record what it runs until its next module call (see tail_from)."""
         self.tail_pending = False
         if self.tail_from is not None and self.installed:
             self.open_window()
@@ -227,8 +227,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.forget_step()
         if tail:
             self.events, self.lead = tail, len(tail)
-            self.event_bytes = sum(e.output.numel() * e.output.element_size() for e in tail
-                                   if isinstance(e, OpEvent) and isinstance(e.output, torch.Tensor))
+            self.event_bytes = _output_bytes(tail)
         self.roots = []
         self.step_done = False
         self.scaled = False
@@ -259,8 +258,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
                 self.tail_from = max(0, self.tail_from - cut)
             self.module_events = sum(1 for e in events if isinstance(e, ModuleEvent))
             self.grad_events = sum(1 for e in events if isinstance(e, ModuleEvent) and e.grad_enabled)
-            self.event_bytes = sum(e.output.numel() * e.output.element_size() for e in events
-                                   if isinstance(e, OpEvent) and isinstance(e.output, torch.Tensor))
+            self.event_bytes = _output_bytes(events)
 
     def at_step_boundary(self) -> None:
         """A step is over (after the optimizer's update, or a backward() with no optimizer). A re-run
@@ -509,6 +507,12 @@ class TorchTrap(Detector, Localizer, IncidentSink):
                 for e in self.events if e.grad_enabled):
             return "training"
         return "evaluation" if (self.saw_optimizer or self.backward_calls) else None
+
+
+def _output_bytes(events) -> int:
+    """The bytes of the tensors the recorded torch calls among `events` output (MAX_EVENT_BYTES)."""
+    return sum(e.output.numel() * e.output.element_size() for e in events
+               if isinstance(e, OpEvent) and isinstance(e.output, torch.Tensor))
 
 
 # calls that take a NaN as an expected value (final_check)
