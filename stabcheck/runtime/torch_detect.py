@@ -100,6 +100,7 @@ class Detector:
         self.tail_pending = False
         if self.last_optimizer is None or self.last_optimizer() is not optimizer:
             self.last_optimizer = weakref.ref(optimizer)
+        self._elect_primary(optimizer)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.init_nonfinite is None:
             self._note_init_state(optimizer)
@@ -120,7 +121,23 @@ class Detector:
         if primary is optimizer:
             self.steps += 1
             self.updating = 1  # until the post-hook: what a closure evaluates now is still this step
+        self.step_counts[optimizer] = self.step_counts.get(optimizer, 0) + 1
         self.step_done = True
+
+    def _elect_primary(self, optimizer) -> None:
+        """Another optimizer stepping twice while the one counting the steps did not step at all: that
+        one is done (a teacher trained first, then frozen), and this one counts the steps from here."""
+        primary = self.primary_optimizer() if self.primary_optimizer is not None else None
+        if primary is None or primary is optimizer:
+            self.stepped_since_primary = set()
+            return
+        if id(optimizer) in self.stepped_since_primary:
+            self.primary_optimizer = weakref.ref(optimizer)
+            self.steps = self.step_counts.get(optimizer, 0)
+            self.norms_due = 0
+            self.stepped_since_primary = set()
+        else:
+            self.stepped_since_primary.add(id(optimizer))
 
     def _note_init_state(self, optimizer) -> None:
         """Once, at the first optimizer step: which parameters are non-finite before any update (a

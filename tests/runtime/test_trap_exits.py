@@ -265,3 +265,29 @@ def test_the_flight_recorder_holds_one_ring_not_a_tensor_per_step(on_device):
     assert abs(losses[-1] - float(torch.nn.functional.mse_loss(model(x), y))) < 0.01
     assert 1 <= sum(v is not None for v in grad_norms) <= 2  # every NORM_EVERY = 32 steps or less often
     assert held == (1 if on_device else 0)
+
+
+def test_steps_are_counted_on_the_optimizer_still_stepping():
+    """A teacher trained for 40 steps, then frozen, and a student distilled from it with an optimizer of
+    its own: the student's fault at its third step is step 2, not step 42 of the teacher's count. (A GAN's
+    optimizers stepping in turn still count one iteration once.)"""
+    torch.manual_seed(0)
+    teacher, student = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.1), torch.optim.SGD(student.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    with pytest.raises(NonFiniteError) as caught, stabcheck.trap(quiet=True):
+        for _ in range(40):
+            loss = torch.nn.functional.cross_entropy(teacher(x), y)
+            t_opt.zero_grad()
+            loss.backward()
+            t_opt.step()
+        for step in range(5):
+            with torch.no_grad():
+                target = torch.softmax(teacher(x) * (1000.0 if step == 2 else 1.0), dim=1)
+            log_ratio = torch.log(target) - torch.log_softmax(student(x), dim=1)  # log(0) at step 2
+            loss = (target * log_ratio).sum(1).mean()
+            s_opt.zero_grad()
+            loss.backward()
+            s_opt.step()
+    report = caught.value.report
+    assert (report.op, report.step) == ("aten.log.default", 2)
