@@ -100,7 +100,11 @@ class Detector:
         self.tail_pending = False
         if self.last_optimizer is None or self.last_optimizer() is not optimizer:
             self.last_optimizer = weakref.ref(optimizer)
-        self._elect_primary(optimizer)
+        primary = self.primary_optimizer() if self.primary_optimizer is not None else None
+        if primary is not optimizer and primary is not None:
+            primary = self._elect_primary(optimizer, primary)
+        elif self.stepped_since_primary:
+            self.stepped_since_primary = set()
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.init_nonfinite is None:
             self._note_init_state(optimizer)
@@ -115,29 +119,29 @@ class Detector:
             self.flush(grads, "optimizer", f"before {type(optimizer).__name__}.step()", optimizer)
         # the update is about to run: this step is complete. Steps are counted on the first optimizer
         # seen, so that a GAN's or actor-critic's optimizers stepping in turn count one iteration once
-        primary = self.primary_optimizer() if self.primary_optimizer is not None else None
         if primary is None:
             self.primary_optimizer, primary = self.last_optimizer, optimizer
         if primary is optimizer:
             self.steps += 1
             self.updating = 1  # until the post-hook: what a closure evaluates now is still this step
-        self.step_counts[optimizer] = self.step_counts.get(optimizer, 0) + 1
+        else:
+            entry = self.step_counts.get(id(optimizer))
+            if entry is None or entry[0]() is not optimizer:
+                entry = self.step_counts[id(optimizer)] = [weakref.ref(optimizer), 0]
+            entry[1] += 1
         self.step_done = True
 
-    def _elect_primary(self, optimizer) -> None:
-        """Another optimizer stepping twice while the one counting the steps did not step at all: that
-        one is done (a teacher trained first, then frozen), and this one counts the steps from here."""
-        primary = self.primary_optimizer() if self.primary_optimizer is not None else None
-        if primary is None or primary is optimizer:
-            self.stepped_since_primary = set()
-            return
-        if id(optimizer) in self.stepped_since_primary:
-            self.primary_optimizer = weakref.ref(optimizer)
-            self.steps = self.step_counts.get(optimizer, 0)
-            self.norms_due = 0
-            self.stepped_since_primary = set()
-        else:
+    def _elect_primary(self, optimizer, primary):
+        """`optimizer` steps, not `primary`, whose steps are the step count: the one to count on. Another
+        one stepping twice while the primary did not step at all takes over: the primary is done (a
+        teacher trained first, then frozen), and this one counts the steps from here, from its own count."""
+        if id(optimizer) not in self.stepped_since_primary:
             self.stepped_since_primary.add(id(optimizer))
+            return primary
+        entry = self.step_counts.pop(id(optimizer), None)
+        self.steps = entry[1] if entry is not None and entry[0]() is optimizer else 0
+        self.primary_optimizer, self.norms_due, self.stepped_since_primary = weakref.ref(optimizer), 0, set()
+        return optimizer
 
     def _note_init_state(self, optimizer) -> None:
         """Once, at the first optimizer step: which parameters are non-finite before any update (a

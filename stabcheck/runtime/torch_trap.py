@@ -79,7 +79,7 @@ class TorchTrap(Detector, Localizer, IncidentSink):
         self.step_clock = time.perf_counter()  # when the flight recorder last recorded (a step's time)
         self.last_optimizer = None  # weakref of the optimizer of the last step
         self.primary_optimizer = None  # weakref of the first optimizer seen: its steps are the step count
-        self.step_counts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> its steps
+        self.step_counts: dict = {}  # id(optimizer) -> [weakref, its steps], for the others than the primary
         self.stepped_since_primary: set = set()  # ids of the other optimizers that stepped since its last step
         self.steps = 0
         self.updating = 0  # 1 between the first optimizer's step pre- and post-hook
