@@ -164,7 +164,7 @@ class FlagMode(TorchDispatchMode):
             elif writer and isinstance(a, float) and math.isinf(a):
                 tainted = True
         if type(out) is torch.Tensor:
-            outs = [out] if out.is_floating_point() and not out.is_nested else []
+            outs = [out] if out.is_floating_point() and not out.is_nested and not out.is_sparse else []
         else:
             outs = float_tensors(out)
         if tainted:

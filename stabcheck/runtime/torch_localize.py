@@ -28,7 +28,8 @@ from stabcheck.runtime.numerics import producer_kind
 from stabcheck.runtime.torch_record import (ModuleEvent, OpEvent, autocast, is_grad_leaf, is_inplace, reexecuted,
                                             replay_target, tag_nodes)
 from stabcheck.runtime.torch_support import (CASTS, INF_WRITERS, NOT_PRODUCERS, caller, float_tensors, kind_of, loc_from_traceback,
-                                             loc_of, rng_state, root_name, set_rng_state, stats_list, tensor_stats)
+                                             loc_of, output_tensors, paired_outputs, rng_state, root_name, set_rng_state,
+                                             stats_list, tensor_stats)
 
 
 class _Found(Exception):
@@ -237,7 +238,7 @@ class Localizer:
             written = (event.args[0] if isinstance(event, OpEvent) and is_inplace(event.func) and event.args
                        else None)  # `labels[5] = 99` returns nothing and changes labels
             if (isinstance(written, torch.Tensor) and id(written) in needed) or any(
-                    isinstance(t, torch.Tensor) and id(t) in needed for t in tree_flatten(event.output)[0]):
+                    id(t) in needed for t in output_tensors(event.output)):
                 needed.update(id(t) for t in tree_flatten((event.args, event.kwargs))[0] if isinstance(t, torch.Tensor))
             else:
                 idle.add(index)
@@ -291,7 +292,7 @@ class Localizer:
                 return Finding("input", None, kind_of(t), event.location, module, None, None, [stats], [], "replay")
             if isinstance(event, OpEvent) and is_inplace(event.func):
                 continue  # it wrote its input: the output is that input, not a new value
-            (produced if reexecuted(event) else constants).update(id(t) for t in float_tensors(event.output))
+            (produced if reexecuted(event) else constants).update(id(t) for t in output_tensors(event.output))
         if optimizer is not None:
             for group in optimizer.param_groups:
                 for p in group["params"]:
@@ -369,11 +370,8 @@ class Localizer:
                                 out = event.func(*args, **kwargs)
                     keep.append(out)
                     tag_nodes(out, index)
-                    orig_leaves, _ = tree_flatten(event.output)
-                    new_leaves, _ = tree_flatten(out)
-                    for a, b in zip(orig_leaves, new_leaves):
-                        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-                            mapping[id(a)] = b
+                    for a, b in paired_outputs(event.output, out):
+                        mapping[id(a)] = b
             # a non-finite loss must come from the forward: replay backward only for gradient findings;
             # every backward() of the step (all micro-batches of a gradient accumulation)
             sources = [t for t in leaves if id(t) not in mapping]

@@ -59,7 +59,7 @@ except (ImportError, AttributeError):  # pragma: no cover - torch without torch.
 
 def _scaler_scale(self, outputs):
     trap = _ACTIVE
-    if trap is not None:
+    if trap is not None and self.is_enabled():  # (a disabled scaler scales nothing, skips no step)
         trap.scaled = True
         if trap.flag_mode is not None:
             trap.scale_mark = trap.flags.seq  # --per-op: the flags of the scaled backward start here
@@ -72,7 +72,7 @@ def _scaler_step(self, optimizer, *args, **kwargs):
     result = _ORIG_SCALER_STEP(self, optimizer, *args, **kwargs)
     trap = _ACTIVE
     if trap is not None and trap.flag_mode is not None and trap.scale_mark is not None:
-        state = self._per_optimizer_states.get(id(optimizer), {})
+        state = getattr(self, "_per_optimizer_states", {}).get(id(optimizer), {})
         found = state.get("found_inf_per_device") or {}
         if any(v.item() for v in found.values()):  # (read by step() already: no new sync)
             trap.flags.truncate(trap.scale_mark)

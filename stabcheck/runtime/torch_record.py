@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from stabcheck.runtime.report import Location
-from stabcheck.runtime.torch_support import AMP_DEVICES, in_functorch, is_internal, rng_state, site, where
+from stabcheck.runtime.torch_support import AMP_DEVICES, in_functorch, is_internal, output_tensors, rng_state, site, where
 
 MAX_EVENTS = 5000  # recorded calls per step; beyond this the step is not recorded (replay impossible)
 MAX_MODULE_EVENTS = 32  # top-level module calls kept without a backward/step in between (newest kept)
@@ -260,7 +260,7 @@ def replay_target(module):
 
 def tag_nodes(out, index: int) -> None:
     """Mark the autograd nodes created by replayed event `index` (backward ops -> forward line)."""
-    stack = [t.grad_fn for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    stack = [t.grad_fn for t in output_tensors(out) if t.grad_fn is not None]
     while stack:
         node = stack.pop()
         if node is None:

@@ -123,6 +123,32 @@ def float_tensors(obj) -> list[torch.Tensor]:
     return [t for t in leaves if isinstance(t, torch.Tensor) and _dense_float(t)]
 
 
+def output_tensors(obj) -> list[torch.Tensor]:
+    """The tensors of a call's output: its pytree leaves, and the tensors an object among them keeps as
+    attributes (a module that returns a torch.distributions Normal: its loc and scale)."""
+    found = []
+    for leaf in tree_flatten(obj)[0]:
+        if isinstance(leaf, torch.Tensor):
+            found.append(leaf)
+        elif hasattr(leaf, "__dict__") and not isinstance(leaf, type):
+            found.extend(v for v in vars(leaf).values() if isinstance(v, torch.Tensor))
+    return found
+
+
+def paired_outputs(original, replayed):
+    """(original, replayed) tensor pairs of two outputs of the same call: pytree leaves in order, an
+    object's tensor attributes by name."""
+    for a, b in zip(tree_flatten(original)[0], tree_flatten(replayed)[0]):
+        if isinstance(a, torch.Tensor):
+            if isinstance(b, torch.Tensor):
+                yield a, b
+        elif type(a) is type(b) and hasattr(a, "__dict__") and not isinstance(a, type):
+            theirs = vars(b)
+            for name, value in vars(a).items():
+                if isinstance(value, torch.Tensor) and isinstance(theirs.get(name), torch.Tensor):
+                    yield value, theirs[name]
+
+
 # Tensor.item without the read-back check that readback.py installs (the trap's own reads are no incidents)
 host_item = torch._C.TensorBase.item
 
