@@ -214,6 +214,7 @@ def _thread_excepthook(args) -> None:
 
 
 def _report_exception(exc: BaseException) -> int:
+    inside = _raised_inside(exc)
     _clean(exc)
     try:
         sys.excepthook(type(exc), exc, exc.__traceback__)
@@ -221,4 +222,21 @@ def _report_exception(exc: BaseException) -> int:
         import traceback
 
         traceback.print_exception(type(exc), exc, exc.__traceback__)
+    if inside is not None:  # its frames are stripped with the trap's others: say whose error it is
+        print(f"stabcheck: this error was raised inside stabcheck ({inside}), not by the script: a bug of "
+              "stabcheck's; the script runs without it under plain python (please report it)", file=sys.stderr)
     return 1
+
+
+def _raised_inside(exc: BaseException) -> str | None:
+    """`file:line in function` of stabcheck's own frame that raised `exc`, or None (the script's, a
+    library's, or runpy's: no such module)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    code = tb.tb_frame.f_code
+    if not code.co_filename.startswith(_OWN_DIR):
+        return None
+    return f"{os.path.relpath(code.co_filename, os.path.dirname(_OWN_DIR.rstrip(os.sep)))}:{tb.tb_lineno} in {code.co_name}"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import stabcheck
 
 from runtime_helpers import FIXTURES, ROOT, _env, python_run
@@ -51,6 +53,23 @@ def test_uncaught_exception_prints_the_normal_traceback():
     assert trapped.stderr == plain.stderr
     # No frame of stabcheck's own (the checkout's folder may well be named `stabcheck`).
     assert str(Path(stabcheck.__file__).parent) not in trapped.stderr and "runpy" not in trapped.stderr
+
+
+def test_an_error_of_stabcheck_itself_is_said_to_be_one(tmp_path):
+    """The trap's frames are stripped from a traceback (the user's reads like plain python's), so an error
+    that stabcheck's own code raised gets a line that says so, instead of passing for the script's."""
+    pytest.importorskip("torch")
+    script = tmp_path / "trap_bug.py"
+    script.write_text("import torch\n"
+                      "from stabcheck.runtime import torch_patches\n"
+                      "torch_patches.active().roots = None  # the trap's own state broken: its code raises\n"
+                      "x = torch.ones(2, requires_grad=True)\n"
+                      "(x * 2).sum().backward()\n")
+    result = _stabcheck(script)
+    assert result.returncode == 1
+    assert "AttributeError" in result.stderr and "raised inside stabcheck (stabcheck/runtime/" in result.stderr
+    plain_error = _stabcheck(REL, "--raise")  # the script's own error: no such line
+    assert "inside stabcheck" not in plain_error.stderr
 
 
 def test_spawn_multiprocessing_reimports_the_script():
