@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -221,7 +222,9 @@ def loss_scaled(frame) -> bool:
         if frame is None:
             return False
         names = frame.f_globals
-        used = [names[n] for n in frame.f_code.co_names if n in names]
+        # (a module or class is no optimizer, and asking a lazily loaded module for one would load it)
+        used = [names[n] for n in frame.f_code.co_names
+                if n in names and not isinstance(names[n], (types.ModuleType, type))]
         for value in (*frame.f_locals.values(), *used):
             opt = getattr(value, "optimizer", None) if not _is_lso(value) else value
             if opt is not None and _is_lso(opt):
