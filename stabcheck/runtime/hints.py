@@ -215,7 +215,7 @@ LOG_OF_ZERO_MAGNITUDE = ("STB007", "log of an exact 0 of a value that is no prob
 
 
 # ops whose +-inf from finite inputs is an overflow of their operands' magnitude
-OVERFLOWING = frozenset({"mul", "square", "pow", "mm", "addmm", "bmm", "matmul", "batchmatmulv2", "sum", "add",
+OVERFLOWING = frozenset({"mul", "square", "pow", "mm", "addmm", "bmm", "matmul", "sum", "add",
                          "addv2", "sub", "exp", "conv2d", "convolution", "linear", "dot_general"})
 #: a float32 operand this large overflows in the next few products: the values grew step after step
 DIVERGED_MAGNITUDE = 1e15

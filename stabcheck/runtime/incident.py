@@ -45,6 +45,11 @@ def _env_int(name: str) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
+def kind_in(message: str) -> str:
+    """The kind a detection message ends with ("... is +inf"), NaN when it names none."""
+    return next((k for k in ("nan", "+inf", "-inf") if message.endswith(k)), "nan")
+
+
 class IncidentSink:
     """Mixin for the torch and TensorFlow traps. Expects `config`,
     `incidents`, `muted`, `first_report`, `stopped` and, optionally,
@@ -83,9 +88,7 @@ class IncidentSink:
     def fallback_report(self, detected: dict, exc: Exception) -> TrapReport:
         """The report when building the full one failed: what the check saw, and why no more (a bug of
         stabcheck's must not become an exception in the user's training code)."""
-        msg = detected.get("message", "")
-        kind = next((k for k in ("nan", "+inf", "-inf") if msg.endswith(k)), "nan")
-        return self.unlocalized_report(detected, kind, f"stabcheck could not build the report ({type(exc).__name__}: "
+        return self.unlocalized_report(detected, kind_in(detected.get("message", "")), f"stabcheck could not build the report ({type(exc).__name__}: "
                                        f"{exc})", "")
 
     def stamp(self, report: TrapReport, step: int) -> TrapReport:

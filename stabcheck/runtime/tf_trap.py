@@ -48,7 +48,7 @@ from tensorflow.python.framework import op_callbacks, ops
 from tensorflow.python.util import nest
 
 from stabcheck.runtime.config import NonFiniteError, TrapConfig
-from stabcheck.runtime.incident import Finding, IncidentSink
+from stabcheck.runtime.incident import Finding, IncidentSink, kind_in
 from stabcheck.runtime.numerics import kind_of_array
 from stabcheck.runtime import keras_logs
 from stabcheck.runtime.report import TrapReport
@@ -153,8 +153,9 @@ class TFTrap(Localizer, IncidentSink):
         self.with_sites: "weakref.WeakSet" = weakref.WeakSet()
         self.keras_hooked = False  # Keras' CallbackList checks the logs (keras_logs.py), once Keras is loaded
         self.cascade = False  # a check of the running call saw a non-finite value while muted
-        self.xla_steps = False  # a gradient was traced into an XLA-compiled function: unchecked, unreplayable
-        self.xla_functions: "weakref.WeakSet" = weakref.WeakSet()  # those functions: their outputs are checked
+        # the functions a gradient was traced into under XLA: unchecked and unreplayable, their outputs
+        # are checked, and a report from Keras' logs says why the step went unchecked
+        self.xla_functions: "weakref.WeakSet" = weakref.WeakSet()
         self.stash: Stash | None = None
         self.steps = 0
         self.muted = False
@@ -307,7 +308,6 @@ class TFTrap(Localizer, IncidentSink):
             from tensorflow.python.ops import control_flow_util
 
             if control_flow_util.GraphOrParentsInXlaContext(graph):
-                self.xla_steps = True  # a report from Keras' logs then says why the step went unchecked
                 for fn, _ in self.tracing:
                     self.xla_functions.add(fn)
                 return grads  # XLA cannot run py_function: only the boundary sees this step
@@ -431,9 +431,9 @@ class TFTrap(Localizer, IncidentSink):
         where = user_where(frame)
         detected = {"at": "read", "message": message,
                     "location": dict(zip(("filename", "line", "function"), where)) if where else None}
-        kind = next((k for k in ("nan", "+inf", "-inf") if message.endswith(k)), "nan")
+        kind = kind_in(message)
         note = "no gradient computed it: not replayed"
-        if trained and self.xla_steps:
+        if trained and self.xla_functions:
             note, hint = "the training step is XLA-compiled: not checked, not replayed", XLA_HINT
         report = self.unlocalized_report(detected, kind, note, hint, [stats] if stats else [])
         report.mode = mode
@@ -452,8 +452,7 @@ class TFTrap(Localizer, IncidentSink):
 
     def _make_report(self, detected: dict, finding: Finding | None, how: str | None) -> TrapReport:
         if finding is None:
-            msg = detected.get("message", "")
-            kind = next((k for k in ("nan", "+inf", "-inf") if msg.endswith(k)), "nan")
+            kind = kind_in(detected.get("message", ""))
             if how is None or self.overflowed:
                 note, hint = "step could not be replayed", TF_UNREPLAYABLE_HINT
             else:

@@ -19,8 +19,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stabcheck.runtime import hints
-from stabcheck.runtime.torch_support import (INF_WRITERS, NOT_PRODUCERS, caller, float_tensors, loc_of,
-                                             node_name)
+from stabcheck.runtime.torch_support import (INF_WRITERS, NOT_PRODUCERS, caller, dense_float, float_tensors,
+                                             loc_of, node_name)
+
 
 MAX_FLAGS = 200000  # per-op flags kept before a forced flush
 FIRST_SLOTS = 4096  # a buffer's first size; it doubles when a step needs more
@@ -164,7 +165,7 @@ class FlagMode(TorchDispatchMode):
             elif writer and isinstance(a, float) and math.isinf(a):
                 tainted = True
         if type(out) is torch.Tensor:
-            outs = [out] if out.is_floating_point() and not out.is_nested and not out.is_sparse else []
+            outs = [out] if dense_float(out) else []
         else:
             outs = float_tensors(out)
         if tainted:

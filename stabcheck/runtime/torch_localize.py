@@ -248,9 +248,11 @@ class Localizer:
         """Parameters and inputs that are already non-finite (named as such, not blamed on an op).
         `read`: a value read back -- what the loop's code between two steps reads may be a value an
         earlier step computed (a list of monitored values stacked for printing): no data, then."""
-        between = set(range(min(self.lead, len(self.events))))
-        if self.tail_from is not None:
-            between.update(range(self.tail_from, len(self.events)))
+        between = set()
+        if read:  # the events recorded between two steps: this step's lead, the last step's tail
+            between.update(range(min(self.lead, len(self.events))))
+            if self.tail_from is not None:
+                between.update(range(self.tail_from, len(self.events)))
         seen: set = set()
         produced: set = set()  # computed by the step (a replay recomputes them)
         constants: set = set()  # made by the program from constants (a mask of -inf is no fault)
@@ -279,7 +281,7 @@ class Localizer:
                     continue
                 if not (bool(torch.isnan(t).any()) if id(t) in constants else not bool(torch.isfinite(t).all())):
                     continue
-                if read and index in between:
+                if index in between:
                     continue
                 if is_grad_leaf(t):  # a parameter (a leaf the program trains): no data
                     return Finding("parameter", None, kind_of(t), event.location, None, None,

@@ -108,7 +108,7 @@ def loc_from_traceback(lines) -> tuple[Location | None, bool]:
 # ---------------------------------------------------------------------------
 # tensor helpers
 
-def _dense_float(t: torch.Tensor) -> bool:
+def dense_float(t: torch.Tensor) -> bool:
     """A tensor the checks can sum: floating, not sparse, not nested (the Transformer's fast path
     returns nested tensors, which have no sum)."""
     return t.is_floating_point() and not t.is_sparse and not t.is_nested
@@ -116,11 +116,11 @@ def _dense_float(t: torch.Tensor) -> bool:
 
 def float_tensors(obj) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
-        return [obj] if _dense_float(obj) else []
+        return [obj] if dense_float(obj) else []
     if type(obj) in (list, tuple) and all(type(t) is torch.Tensor for t in obj):
-        return [t for t in obj if _dense_float(t)]
+        return [t for t in obj if dense_float(t)]
     leaves, _ = tree_flatten(obj)
-    return [t for t in leaves if isinstance(t, torch.Tensor) and _dense_float(t)]
+    return [t for t in leaves if isinstance(t, torch.Tensor) and dense_float(t)]
 
 
 def output_tensors(obj) -> list[torch.Tensor]:
